@@ -1,0 +1,12 @@
+//! CNI spec library and the flannel-rs CNI plugins (flannel, bridge, host-local, loopback).
+
+pub mod args;
+pub mod error;
+pub mod plugins;
+pub mod skel;
+pub mod types;
+pub mod version;
+
+pub use error::CniError;
+pub use skel::{CmdArgs, Command};
+pub use types::{CniResult, NetConf};
