@@ -42,12 +42,18 @@ pub enum Error {
 impl Error {
     /// Wraps a netlink error with what was being done.
     pub fn nl(op: impl Into<String>, source: rtnetlink::Error) -> Self {
-        Self::Netlink { op: op.into(), source }
+        Self::Netlink {
+            op: op.into(),
+            source,
+        }
     }
 
     /// Wraps an I/O error with what was being done.
     pub fn io(op: impl Into<String>, source: io::Error) -> Self {
-        Self::Io { op: op.into(), source }
+        Self::Io {
+            op: op.into(),
+            source,
+        }
     }
 
     /// The errno of a netlink error, if it carries one.

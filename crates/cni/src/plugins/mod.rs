@@ -1,7 +1,10 @@
 //! The plugins, as library modules: each binary is a thin `main` over one of them, and a delegating plugin can run
 //! another in-process.
 
+pub mod bridge;
+pub mod flannel;
 pub mod host_local;
+pub mod loopback;
 
 use crate::skel::{self, CmdArgs, Outcome};
 use std::future::Future;
@@ -50,10 +53,9 @@ pub fn run(kind: Builtin, args: CmdArgs) -> Pin<Box<dyn Future<Output = Outcome>
         let conf = skel::load_conf(&args)?;
         match kind {
             Builtin::HostLocal => host_local::run(&args, &conf),
-            Builtin::Flannel | Builtin::Bridge | Builtin::Loopback => Err(crate::CniError::internal(format!(
-                "plugin {} is not built yet",
-                kind.type_name()
-            ))),
+            Builtin::Bridge => bridge::run(&args, &conf).await,
+            Builtin::Loopback => loopback::run(&args, &conf).await,
+            Builtin::Flannel => flannel::run(&args, &conf).await,
         }
     })
 }

@@ -1,0 +1,117 @@
+//! Delegation to another plugin: in-process when it is one of ours, otherwise by exec from `CNI_PATH`.
+//!
+//! A delegate counts as ours when the executable `CNI_PATH` resolves to sits in the same directory as the running
+//! plugin (the suite is installed together). Then the exec would run this very code, so running it in-process gives
+//! the same result and side effects without a fork/exec. `FLANNEL_RS_DELEGATE_EXEC=1` forces exec.
+
+use crate::error::{CniError, ERR_INTERNAL};
+use crate::plugins::{self, Builtin};
+use crate::skel::{CmdArgs, Command, Outcome};
+use crate::types::CniResult;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// Finds `plugin` on `CNI_PATH`.
+pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
+    if plugin.is_empty() || plugin.contains('/') {
+        return Err(CniError::config(format!(
+            "invalid plugin type \"{plugin}\""
+        )));
+    }
+    for dir in cni_path.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(plugin);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    Err(CniError::config(format!(
+        "failed to find plugin \"{plugin}\" in path [{cni_path}]"
+    )))
+}
+
+fn runs_in_process(found: &Path) -> bool {
+    if std::env::var("FLANNEL_RS_DELEGATE_EXEC").is_ok_and(|v| v == "1" || v == "true") {
+        return false;
+    }
+    let Ok(me) = std::env::current_exe() else {
+        return false;
+    };
+    let mine = me.canonicalize().ok();
+    let theirs = found.canonicalize().ok();
+    match (
+        mine.as_deref().and_then(Path::parent),
+        theirs.as_deref().and_then(Path::parent),
+    ) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Runs `plugin` for `args.command` with `conf` on stdin and the caller's environment otherwise.
+pub async fn run(plugin: &str, args: &CmdArgs, conf: Vec<u8>) -> Outcome {
+    let path = find_in_path(plugin, &args.path)?;
+    let dargs = args.with_stdin(conf);
+    if let Some(kind) = Builtin::from_type(plugin) {
+        if runs_in_process(&path) {
+            return plugins::run(kind, dargs).await;
+        }
+    }
+    exec(&path, &dargs)
+}
+
+/// Execs a plugin binary as a runtime would and parses its result or error.
+pub fn exec(path: &Path, args: &CmdArgs) -> Outcome {
+    let mut child = std::process::Command::new(path)
+        .env("CNI_COMMAND", args.command.as_str())
+        .env("CNI_CONTAINERID", &args.container_id)
+        .env("CNI_NETNS", &args.netns)
+        .env("CNI_IFNAME", &args.ifname)
+        .env("CNI_ARGS", &args.args)
+        .env("CNI_PATH", &args.path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| CniError::io(format!("failed to exec plugin {}: {e}", path.display())))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A plugin may exit before reading all of stdin; its exit status tells what happened.
+        let _ = stdin.write_all(&args.stdin);
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| CniError::io(format!("failed to wait for plugin {}: {e}", path.display())))?;
+    if !out.status.success() {
+        if let Ok(e) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            if let (Some(code), Some(msg)) = (
+                e.get("code").and_then(|c| c.as_u64()),
+                e.get("msg").and_then(|m| m.as_str()),
+            ) {
+                let details = e
+                    .get("details")
+                    .and_then(|d| d.as_str())
+                    .unwrap_or_default();
+                return Err(
+                    CniError::new(u32::try_from(code).unwrap_or(ERR_INTERNAL), msg)
+                        .with_details(details),
+                );
+            }
+        }
+        return Err(CniError::internal(format!(
+            "plugin {} failed ({}): {}",
+            path.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim()
+        )));
+    }
+    if args.command != Command::Add || out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        CniError::decode(format!(
+            "plugin {} printed an invalid result: {e}",
+            path.display()
+        ))
+    })?;
+    CniResult::from_value(&v, "1.0.0").map(Some)
+}

@@ -1,0 +1,677 @@
+//! The `bridge` plugin: a veth pair from the pod to a host bridge (default `cni0`), addresses from IPAM, the
+//! gateway on the bridge, optional masquerade.
+//!
+//! Differences from the reference plugin that an operator can see only as speed or robustness: the veth is made in
+//! one netlink request with its peer created directly in the pod namespace and its host end already a bridge port;
+//! a new bridge gets a fixed MAC at creation instead of being re-pinned on every ADD; no sleep waiting for the port
+//! to come up (it is up at creation and the bridge has no STP); a failed ADD removes what it made.
+
+use crate::delegate;
+use crate::error::{CniError, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
+use crate::skel::{CmdArgs, Command, Outcome};
+use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
+use ipnet::IpNet;
+use kernel::ipmasq;
+use kernel::{sysctl, Link, Mac, Netlink, Netns};
+use serde::Deserialize;
+use serde_json::Value;
+use std::net::IpAddr;
+
+/// Index of the container interface in the result, as upstream reports it.
+const CONTAINER_IF: usize = 2;
+
+/// The bridge plugin's own configuration keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BridgeConf {
+    /// Bridge name.
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+    /// Put the gateway address on the bridge.
+    #[serde(default)]
+    pub is_gateway: bool,
+    /// Also add a default route via the gateway (implies `isGateway`).
+    #[serde(default)]
+    pub is_default_gateway: bool,
+    /// Replace a different gateway address already on the bridge.
+    #[serde(default)]
+    pub force_address: bool,
+    /// Masquerade traffic leaving the pod subnet.
+    #[serde(default)]
+    pub ip_masq: bool,
+    /// `iptables` or `nftables`.
+    #[serde(default)]
+    pub ip_masq_backend: Option<String>,
+    /// MTU of bridge and veth (0 = kernel default).
+    #[serde(default)]
+    pub mtu: u32,
+    /// Hairpin mode on the host veth.
+    #[serde(default)]
+    pub hairpin_mode: bool,
+    /// Promiscuous mode on the bridge.
+    #[serde(default)]
+    pub promisc_mode: bool,
+    /// VLAN ID (0 = none).
+    #[serde(default)]
+    pub vlan: u16,
+    /// MAC spoof check (accepted; not enforced yet).
+    #[serde(default)]
+    pub macspoofchk: bool,
+    /// Keep IPv6 duplicate address detection on in the pod.
+    #[serde(default)]
+    pub enabledad: bool,
+}
+
+fn default_bridge() -> String {
+    "cni0".into()
+}
+
+impl BridgeConf {
+    /// Parses and validates the bridge keys of a configuration.
+    pub fn from_conf(conf: &NetConf) -> Result<Self, CniError> {
+        let mut c: BridgeConf = serde_json::from_value(Value::Object(conf.extra.clone()))
+            .map_err(|e| CniError::config(format!("invalid bridge configuration: {e}")))?;
+        if c.is_default_gateway {
+            c.is_gateway = true;
+        }
+        if c.hairpin_mode && c.promisc_mode {
+            return Err(CniError::config(
+                "cannot set hairpin mode and promiscuous mode at the same time",
+            ));
+        }
+        if c.vlan > 4094 {
+            return Err(CniError::config(format!(
+                "invalid VLAN ID {} (must be between 0 and 4094)",
+                c.vlan
+            )));
+        }
+        if c.vlan != 0 {
+            return Err(CniError::new(
+                crate::error::ERR_UNSUPPORTED_FIELD,
+                format!("vlan {} is not supported yet", c.vlan),
+            ));
+        }
+        kernel_ifname(&c.bridge, "bridge")?;
+        if let Some(b) = &c.ip_masq_backend {
+            if ipmasq::MasqBackend::parse(b).is_none() {
+                return Err(CniError::config(format!(
+                    "invalid ipMasqBackend \"{b}\" (want iptables or nftables)"
+                )));
+            }
+        }
+        Ok(c)
+    }
+}
+
+fn kernel_ifname(name: &str, key: &str) -> Result<(), CniError> {
+    if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ']) {
+        return Err(CniError::config(format!("invalid {key} name \"{name}\"")));
+    }
+    Ok(())
+}
+
+fn ipam_type(conf: &NetConf) -> Option<String> {
+    conf.ipam
+        .as_ref()
+        .and_then(|i| i.get("type"))
+        .and_then(Value::as_str)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+fn mac_arg(args: &CmdArgs, conf: &NetConf) -> Result<Option<Mac>, CniError> {
+    // Precedence as upstream: CNI_ARGS MAC, then args.cni.mac, then runtimeConfig.mac (the last one set wins).
+    let mut mac = None;
+    let cni_args = crate::args::CniArgs::parse(&args.args, &["MAC", "IP"]).unwrap_or_default();
+    if let Some(m) = cni_args.get("MAC") {
+        mac = Some(m.to_string());
+    }
+    if let Some(m) = conf
+        .args
+        .as_ref()
+        .and_then(|a| a.pointer("/cni/mac"))
+        .and_then(Value::as_str)
+    {
+        mac = Some(m.to_string());
+    }
+    if let Some(m) = conf
+        .runtime_config
+        .as_ref()
+        .and_then(|r| r.get("mac"))
+        .and_then(Value::as_str)
+    {
+        mac = Some(m.to_string());
+    }
+    match mac {
+        None => Ok(None),
+        Some(s) => Mac::parse(&s)
+            .map(Some)
+            .ok_or_else(|| CniError::config(format!("invalid MAC address \"{s}\""))),
+    }
+}
+
+fn open_netns(path: &str) -> Result<Netns, CniError> {
+    Netns::open(path).map_err(|e| CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}")))
+}
+
+fn host_veth_name() -> Result<String, CniError> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| CniError::internal(format!("random veth name: {e}")))?;
+    Ok(format!(
+        "veth{:02x}{:02x}{:02x}{:02x}",
+        b[0], b[1], b[2], b[3]
+    ))
+}
+
+/// Runs the bridge plugin for one command.
+pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
+    let bc = BridgeConf::from_conf(conf)?;
+    match args.command {
+        Command::Add => add(args, conf, &bc).await.map(Some),
+        Command::Del => del(args, conf, &bc).await.map(|_| None),
+        Command::Check => check(args, conf, &bc).await.map(|_| None),
+        Command::Gc => gc(args, conf, &bc).await.map(|_| None),
+        Command::Status => match ipam_type(conf) {
+            Some(t) => delegate::run(&t, args, args.stdin.clone())
+                .await
+                .map(|_| None),
+            None => Ok(None),
+        },
+        Command::Version => Ok(None),
+    }
+}
+
+/// What a partly done ADD has to undo.
+struct Undo {
+    ipam: Option<String>,
+    veth_in_pod: bool,
+}
+
+async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResult, CniError> {
+    let ns = open_netns(&args.netns)?;
+    let mac = mac_arg(args, conf)?;
+    let host = Netlink::current()?;
+    let pod = Netlink::in_netns(&ns)?;
+    if pod.link_by_name(&args.ifname).await?.is_some() {
+        return Err(CniError::internal(format!(
+            "container veth name provided ({}) already exists",
+            args.ifname
+        )));
+    }
+    let mut undo = Undo {
+        ipam: None,
+        veth_in_pod: false,
+    };
+    match add_inner(args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            // Leave nothing behind: the pod interface (its host peer goes with it), the IP, the masquerade rules.
+            if undo.veth_in_pod {
+                if let Ok(Some(l)) = pod.link_by_name(&args.ifname).await {
+                    let _ = pod.delete_link(l.index).await;
+                }
+            }
+            if let Some(t) = undo.ipam {
+                let del = CmdArgs {
+                    command: Command::Del,
+                    ..args.clone()
+                };
+                let _ = delegate::run(&t, &del, args.stdin.clone()).await;
+            }
+            if bc.ip_masq {
+                let _ = ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[]);
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn add_inner(
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+    ns: &Netns,
+    host: &Netlink,
+    pod: &Netlink,
+    mac: Option<Mac>,
+    undo: &mut Undo,
+) -> Result<CniResult, CniError> {
+    let mtu = (bc.mtu != 0).then_some(bc.mtu);
+    let br = host
+        .ensure_bridge(&bc.bridge, mtu, bc.promisc_mode, bc.vlan != 0)
+        .await?;
+
+    let mut result = CniResult {
+        cni_version: conf.version().to_string(),
+        ..Default::default()
+    };
+    if let Some(t) = ipam_type(conf) {
+        undo.ipam = Some(t.clone());
+        let r = delegate::run(&t, args, args.stdin.clone())
+            .await?
+            .ok_or_else(|| CniError::internal(format!("IPAM plugin {t} returned no result")))?;
+        if r.ips.is_empty() {
+            return Err(CniError::internal("IPAM plugin returned missing IP config"));
+        }
+        result.ips = r.ips;
+        result.routes = r.routes;
+        result.dns = r.dns;
+    }
+
+    let host_name = host_veth_name()?;
+    host.create_veth(&kernel::link::VethSpec {
+        host_name: &host_name,
+        peer_name: &args.ifname,
+        peer_netns_fd: ns.raw_fd(),
+        mtu,
+        peer_mac: mac,
+        controller: Some(br.index),
+    })
+    .await
+    .map_err(|e| match e {
+        kernel::Error::Conflict(m) => CniError::internal(m),
+        e => e.into(),
+    })?;
+    undo.veth_in_pod = true;
+    let hv = host.link_by_name(&host_name).await?.ok_or_else(|| {
+        CniError::internal(format!("host veth {host_name} vanished after creation"))
+    })?;
+    if bc.hairpin_mode {
+        host.set_hairpin(hv.index, true).await?;
+    }
+    let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
+    if has_v6 {
+        // Router advertisements on the host side would add addresses nobody asked for.
+        let _ = sysctl::set(&["net", "ipv6", "conf", &host_name, "accept_ra"], "0");
+    }
+
+    // Gateways: from IPAM, else the subnet's first address when the bridge is the gateway.
+    for ip in &mut result.ips {
+        ip.interface = Some(CONTAINER_IF);
+        if ip.gateway.is_none() && bc.is_gateway {
+            ip.gateway = first_host(ip.address);
+        }
+    }
+    if bc.is_default_gateway {
+        for v6 in [false, true] {
+            let Some(gw) = result
+                .ips
+                .iter()
+                .filter(|i| i.address.addr().is_ipv6() == v6)
+                .find_map(|i| i.gateway)
+            else {
+                continue;
+            };
+            let has_default = result
+                .routes
+                .iter()
+                .any(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv6() == v6 && r.gw.is_some());
+            if !has_default {
+                let dst: IpNet = if v6 { "::/0" } else { "0.0.0.0/0" }
+                    .parse()
+                    .map_err(|_| CniError::internal("default route"))?;
+                result.routes.push(Route::new(dst, Some(gw)));
+            }
+        }
+    }
+
+    // Pod side: sysctls (per-namespace, so on a thread inside the pod namespace), addresses, routes.
+    let ifname = args.ifname.clone();
+    let enabledad = bc.enabledad;
+    ns.run(move || -> Result<(), kernel::Error> {
+        if has_v6 {
+            let _ = sysctl::set(&["net", "ipv6", "conf", "lo", "disable_ipv6"], "0");
+            let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "0");
+            let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "keep_addr_on_down"], "1");
+            if enabledad {
+                let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "enhanced_dad"], "1");
+                let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "accept_dad"], "1");
+            } else {
+                let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "accept_dad"], "0");
+            }
+        }
+        sysctl::set(&["net", "ipv4", "conf", &ifname, "arp_notify"], "1")
+    })??;
+    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
+        CniError::internal(format!(
+            "container veth {} vanished after creation",
+            args.ifname
+        ))
+    })?;
+    for ip in &result.ips {
+        pod.add_address(cv.index, ip.address).await?;
+    }
+    pod.set_up(cv.index).await?;
+    for r in &result.routes {
+        let gw = r.gw.or_else(|| {
+            result
+                .ips
+                .iter()
+                .find(|i| i.address.addr().is_ipv6() == r.dst.addr().is_ipv6())
+                .and_then(|i| i.gateway)
+        });
+        let mut kr = kernel::route::Route::new(r.dst).dev(cv.index);
+        kr.gateway = gw;
+        kr.priority = r.priority;
+        kr.table = r.table;
+        if let Some(s) = r.scope {
+            kr.scope = s;
+        }
+        pod.add_route(&kr, false).await?;
+    }
+
+    if bc.is_gateway {
+        for ip in &result.ips {
+            if let Some(gw) = ip.gateway {
+                let want = IpNet::new(gw, ip.address.prefix_len())
+                    .map_err(|e| CniError::internal(e.to_string()))?;
+                ensure_gateway_addr(host, &br, want, bc.force_address).await?;
+            }
+        }
+        let (v4, v6) = (
+            result.ips.iter().any(|i| i.address.addr().is_ipv4()),
+            has_v6,
+        );
+        if v4 {
+            sysctl::enable_forwarding(false)?;
+        }
+        if v6 {
+            sysctl::enable_forwarding(true)?;
+        }
+    }
+
+    if bc.ip_masq {
+        let backend = match &bc.ip_masq_backend {
+            Some(b) => ipmasq::MasqBackend::parse(b).unwrap_or_else(ipmasq::default_backend),
+            None => ipmasq::default_backend(),
+        };
+        let nets: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
+        ipmasq::setup_ip_masq(backend, &conf.name, &args.container_id, &args.ifname, &nets)?;
+    }
+
+    result.interfaces = vec![
+        Interface {
+            name: br.name.clone(),
+            mac: br.mac.map(|m| m.to_string()).unwrap_or_default(),
+            ..Default::default()
+        },
+        Interface {
+            name: hv.name.clone(),
+            mac: hv.mac.map(|m| m.to_string()).unwrap_or_default(),
+            mtu: Some(hv.mtu),
+            ..Default::default()
+        },
+        Interface {
+            name: cv.name.clone(),
+            mac: cv.mac.map(|m| m.to_string()).unwrap_or_default(),
+            mtu: Some(cv.mtu),
+            sandbox: args.netns.clone(),
+            ..Default::default()
+        },
+    ];
+    if let Some(d) = &conf.dns {
+        if !d.is_empty() {
+            result.dns = d.clone();
+        }
+    }
+    Ok(result)
+}
+
+/// The first host address of a subnet (network + 1), the conventional gateway.
+pub fn first_host(net: IpNet) -> Option<IpAddr> {
+    match net.trunc() {
+        IpNet::V4(n) => u32::from(n.network())
+            .checked_add(1)
+            .map(|v| IpAddr::V4(v.into())),
+        IpNet::V6(n) => u128::from(n.network())
+            .checked_add(1)
+            .map(|v| IpAddr::V6(v.into())),
+    }
+}
+
+async fn ensure_gateway_addr(
+    host: &Netlink,
+    br: &Link,
+    want: IpNet,
+    force: bool,
+) -> Result<(), CniError> {
+    let existing = host.addresses(br.index).await?;
+    for a in existing
+        .iter()
+        .filter(|a| a.net.addr().is_ipv4() == want.addr().is_ipv4())
+    {
+        if a.net == want {
+            return Ok(());
+        }
+        if want.addr().is_ipv6() && !(a.net.contains(&want.addr()) || want.contains(&a.net.addr()))
+        {
+            // A bridge may carry several unrelated IPv6 addresses (link-local among them).
+            continue;
+        }
+        if !force {
+            return Err(CniError::internal(format!(
+                "\"{}\" already has an IP address different from {want} ({}); set forceAddress to replace it",
+                br.name, a.net
+            )));
+        }
+        host.delete_address(a).await?;
+    }
+    host.add_address(br.index, want).await?;
+    Ok(())
+}
+
+async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
+    if !args.netns.is_empty() {
+        // A namespace that is already gone took its interfaces with it; the IP and rules are still ours to free.
+        match Netns::open(&args.netns) {
+            Ok(ns) => {
+                let pod = Netlink::in_netns(&ns)?;
+                if let Some(l) = pod.link_by_name(&args.ifname).await? {
+                    pod.delete_link(l.index).await?;
+                }
+            }
+            Err(kernel::Error::NotFound(_)) => {}
+            Err(e) => return Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
+        }
+    }
+    if let Some(t) = ipam_type(conf) {
+        delegate::run(&t, args, args.stdin.clone()).await?;
+    }
+    if bc.ip_masq {
+        ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])?;
+    }
+    Ok(())
+}
+
+async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
+    if let Some(t) = ipam_type(conf) {
+        delegate::run(&t, args, args.stdin.clone()).await?;
+    }
+    let prev = conf
+        .prev()?
+        .ok_or_else(|| CniError::config("CHECK: required prevResult missing"))?;
+    let host = Netlink::current()?;
+    let br = host
+        .link_by_name(&bc.bridge)
+        .await?
+        .ok_or_else(|| CniError::internal(format!("CHECK: bridge {} not found", bc.bridge)))?;
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(CniError::internal(format!(
+            "CHECK: {} is not a bridge",
+            bc.bridge
+        )));
+    }
+    if let Some(i) = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == bc.bridge && !i.mac.is_empty())
+    {
+        if br.mac.map(|m| m.to_string()) != Some(i.mac.to_lowercase()) {
+            return Err(CniError::internal(format!(
+                "CHECK: bridge {} MAC differs from the result",
+                bc.bridge
+            )));
+        }
+    }
+    let ns = Netns::open(&args.netns)
+        .map_err(|e| CniError::new(ERR_UNKNOWN_CONTAINER, format!("CHECK: CNI_NETNS: {e}")))?;
+    let pod = Netlink::in_netns(&ns)?;
+    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
+        CniError::internal(format!(
+            "CHECK: container interface {} not found",
+            args.ifname
+        ))
+    })?;
+    if cv.kind.as_deref() != Some("veth") {
+        return Err(CniError::internal(format!(
+            "CHECK: {} is not a veth",
+            args.ifname
+        )));
+    }
+    if let Some(i) = prev
+        .interfaces
+        .iter()
+        .find(|i| i.name == args.ifname && i.sandbox == args.netns)
+    {
+        if !i.mac.is_empty() && cv.mac.map(|m| m.to_string()) != Some(i.mac.to_lowercase()) {
+            return Err(CniError::internal(format!(
+                "CHECK: {} MAC differs from the result",
+                args.ifname
+            )));
+        }
+    }
+    let peer = match cv.peer_index {
+        Some(p) => host.link_by_index(p).await?,
+        None => None,
+    };
+    match peer {
+        Some(p) if p.controller == Some(br.index) => {}
+        _ => {
+            return Err(CniError::internal(format!(
+                "CHECK: the host end of {} is not a port of {}",
+                args.ifname, bc.bridge
+            )))
+        }
+    }
+    let have = pod.addresses(cv.index).await?;
+    for ip in prev.ips.iter().filter(|i| {
+        i.interface.is_none_or(|x| {
+            prev.interfaces
+                .get(x)
+                .is_some_and(|f| f.name == args.ifname)
+        })
+    }) {
+        if !have.iter().any(|a| a.net == ip.address) {
+            return Err(CniError::internal(format!(
+                "CHECK: address {} missing on {}",
+                ip.address, args.ifname
+            )));
+        }
+    }
+    for v6 in [false, true] {
+        let want: Vec<&Route> = prev
+            .routes
+            .iter()
+            .filter(|r| r.dst.addr().is_ipv6() == v6)
+            .collect();
+        if want.is_empty() {
+            continue;
+        }
+        let routes = pod.routes(v6).await?;
+        for r in want {
+            if !routes
+                .iter()
+                .any(|k| k.dst == r.dst.trunc() && (r.gw.is_none() || k.gateway == r.gw))
+            {
+                return Err(CniError::internal(format!(
+                    "CHECK: route to {} missing in the pod",
+                    r.dst
+                )));
+            }
+        }
+    }
+    let _: &[IpConfig] = &prev.ips;
+    Ok(())
+}
+
+async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
+    let mut errors = Vec::new();
+    if let Some(t) = ipam_type(conf) {
+        if let Err(e) = delegate::run(&t, args, args.stdin.clone()).await {
+            errors.push(e.to_string());
+        }
+    }
+    if bc.ip_masq {
+        let valid: Vec<(String, String)> = conf
+            .valid_attachments()?
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect();
+        if let Err(e) = ipmasq::gc_ip_masq(&conf.name, &valid) {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::internal(format!("GC: {}", errors.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(extra: &str) -> NetConf {
+        NetConf::parse(
+            format!(r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge"{extra}}}"#).as_bytes(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn defaults_and_validation() {
+        let c = BridgeConf::from_conf(&conf("")).unwrap();
+        assert_eq!(c.bridge, "cni0");
+        assert!(!c.is_gateway);
+        let c = BridgeConf::from_conf(&conf(r#","isDefaultGateway":true"#)).unwrap();
+        assert!(c.is_gateway);
+        assert_eq!(
+            BridgeConf::from_conf(&conf(r#","hairpinMode":true,"promiscMode":true"#))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            BridgeConf::from_conf(&conf(r#","mtu":"big""#))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            BridgeConf::from_conf(&conf(r#","vlan":5000"#))
+                .unwrap_err()
+                .code,
+            7
+        );
+        assert_eq!(
+            BridgeConf::from_conf(&conf(r#","bridge":"way-too-long-bridge-name""#))
+                .unwrap_err()
+                .code,
+            7
+        );
+    }
+
+    #[test]
+    fn gateway_is_first_host() {
+        assert_eq!(
+            first_host("10.244.1.7/24".parse().unwrap()),
+            Some("10.244.1.1".parse().unwrap())
+        );
+        assert_eq!(
+            first_host("fd00::5/64".parse().unwrap()),
+            Some("fd00::1".parse().unwrap())
+        );
+    }
+}
