@@ -22,7 +22,9 @@ impl CniArgs {
             let (k, v) = match (kv.next(), kv.next(), kv.next()) {
                 (Some(k), Some(v), None) => (k, v),
                 _ => {
-                    return Err(CniError::env(format!("CNI_ARGS: invalid pair \"{item}\" (want KEY=VALUE)")));
+                    return Err(CniError::env(format!(
+                        "CNI_ARGS: invalid pair \"{item}\" (want KEY=VALUE)"
+                    )));
                 }
             };
             pairs.push((k.to_string(), v.to_string()));
@@ -47,7 +49,10 @@ impl CniArgs {
 
     /// The value of a key.
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 

@@ -93,12 +93,22 @@ impl CmdArgs {
                 ("CNI_NETNS", &self.netns),
                 ("CNI_IFNAME", &self.ifname),
             ],
-            Command::Del => &[("CNI_CONTAINERID", &self.container_id), ("CNI_IFNAME", &self.ifname)],
+            Command::Del => &[
+                ("CNI_CONTAINERID", &self.container_id),
+                ("CNI_IFNAME", &self.ifname),
+            ],
             _ => &[],
         };
-        let missing: Vec<&str> = needs.iter().filter(|(_, v)| v.is_empty()).map(|(k, _)| *k).collect();
+        let missing: Vec<&str> = needs
+            .iter()
+            .filter(|(_, v)| v.is_empty())
+            .map(|(k, _)| *k)
+            .collect();
         if !missing.is_empty() {
-            return Err(CniError::env(format!("required env variables [{}] missing", missing.join(","))));
+            return Err(CniError::env(format!(
+                "required env variables [{}] missing",
+                missing.join(",")
+            )));
         }
         if matches!(self.command, Command::Add | Command::Del | Command::Check) {
             validate_container_id(&self.container_id)?;
@@ -130,7 +140,9 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     if name_ok(id) {
         Ok(())
     } else {
-        Err(CniError::env(format!("CNI_CONTAINERID: invalid characters in container ID \"{id}\"")))
+        Err(CniError::env(format!(
+            "CNI_CONTAINERID: invalid characters in container ID \"{id}\""
+        )))
     }
 }
 
@@ -140,9 +152,13 @@ pub fn validate_ifname(name: &str) -> Result<(), CniError> {
         || name.len() > 15
         || name == "."
         || name == ".."
-        || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+        || name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
     if bad {
-        Err(CniError::env(format!("CNI_IFNAME: invalid interface name \"{name}\"")))
+        Err(CniError::env(format!(
+            "CNI_IFNAME: invalid interface name \"{name}\""
+        )))
     } else {
         Ok(())
     }
@@ -154,7 +170,9 @@ pub fn validate_network_name(name: &str) -> Result<(), CniError> {
         return Err(CniError::config("missing network name"));
     }
     if !name_ok(name) {
-        return Err(CniError::config(format!("invalid characters found in network name \"{name}\"")));
+        return Err(CniError::config(format!(
+            "invalid characters found in network name \"{name}\""
+        )));
     }
     Ok(())
 }
@@ -173,7 +191,11 @@ pub fn load_conf(args: &CmdArgs) -> Result<NetConf, CniError> {
         if !version::at_least(conf.version(), min) {
             return Err(CniError::new(
                 ERR_INCOMPATIBLE_VERSION,
-                format!("config version \"{}\" does not allow {}", conf.version(), args.command.as_str()),
+                format!(
+                    "config version \"{}\" does not allow {}",
+                    conf.version(),
+                    args.command.as_str()
+                ),
             ));
         }
     }
@@ -191,7 +213,11 @@ where
     let cmd = match std::env::var("CNI_COMMAND") {
         Ok(c) if !c.is_empty() => c,
         _ => {
-            eprintln!("{about} (flannel-rs {}), CNI spec versions {}", env!("CARGO_PKG_VERSION"), version::SUPPORTED.join(", "));
+            eprintln!(
+                "{about} (flannel-rs {}), CNI spec versions {}",
+                env!("CARGO_PKG_VERSION"),
+                version::SUPPORTED.join(", ")
+            );
             std::process::exit(0);
         }
     };
@@ -199,7 +225,11 @@ where
     let read = std::io::stdin().read_to_end(&mut stdin);
     let version_hint = serde_json::from_slice::<serde_json::Value>(&stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str())
+                .map(str::to_string)
+        })
         .filter(|v| version::SUPPORTED.contains(&v.as_str()))
         .unwrap_or_else(|| version::CURRENT.to_string());
     let outcome = (|| -> Result<Option<String>, CniError> {

@@ -29,10 +29,18 @@ pub struct NetConf {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Dns>,
     /// The previous plugin's result in a chain (raw, in the config's version).
-    #[serde(rename = "prevResult", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "prevResult",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub prev_result: Option<Value>,
     /// Runtime-provided capability arguments.
-    #[serde(rename = "runtimeConfig", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "runtimeConfig",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub runtime_config: Option<Value>,
     /// Namespaced arguments (`args.cni.*`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,7 +56,9 @@ impl NetConf {
         let v: Value = serde_json::from_slice(bytes)
             .map_err(|e| CniError::decode(format!("failed to parse network configuration: {e}")))?;
         if !v.is_object() {
-            return Err(CniError::decode("network configuration is not a JSON object"));
+            return Err(CniError::decode(
+                "network configuration is not a JSON object",
+            ));
         }
         serde_json::from_value(v)
             .map_err(|e| CniError::decode(format!("failed to parse network configuration: {e}")))
@@ -114,7 +124,11 @@ pub struct Interface {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub sandbox: String,
     /// vhost-user socket path (1.1.0).
-    #[serde(rename = "socketPath", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "socketPath",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub socket_path: String,
     /// PCI ID (1.1.0).
     #[serde(rename = "pciID", default, skip_serializing_if = "String::is_empty")]
@@ -275,7 +289,11 @@ impl CniResult {
         let v11 = version::at_least(ver, "1.1.0");
         if !version::at_least(ver, "0.3.0") {
             for (key, want_v4) in [("ip4", true), ("ip6", false)] {
-                if let Some(ip) = self.ips.iter().find(|i| i.address.addr().is_ipv4() == want_v4) {
+                if let Some(ip) = self
+                    .ips
+                    .iter()
+                    .find(|i| i.address.addr().is_ipv4() == want_v4)
+                {
                     let mut o = Map::new();
                     o.insert("ip".into(), Value::String(ip.address.to_string()));
                     if let Some(g) = ip.gateway {
@@ -318,7 +336,11 @@ impl CniResult {
                     .map(|ip| {
                         let mut o = Map::new();
                         if versioned {
-                            let fam = if ip.address.addr().is_ipv4() { "4" } else { "6" };
+                            let fam = if ip.address.addr().is_ipv4() {
+                                "4"
+                            } else {
+                                "6"
+                            };
                             o.insert("version".into(), Value::String(fam.into()));
                         }
                         if let Some(i) = ip.interface {
@@ -339,7 +361,10 @@ impl CniResult {
             }
         }
         if !self.dns.is_empty() {
-            out.insert("dns".into(), serde_json::to_value(&self.dns).unwrap_or(Value::Null));
+            out.insert(
+                "dns".into(),
+                serde_json::to_value(&self.dns).unwrap_or(Value::Null),
+            );
         } else if version::at_least(ver, "0.3.0") {
             out.insert("dns".into(), Value::Object(Map::new()));
         }
@@ -451,8 +476,10 @@ mod tests {
 
     #[test]
     fn netconf_keeps_unknown_keys() {
-        let c = NetConf::parse(br#"{"cniVersion":"0.3.1","name":"n","type":"bridge","hairpinMode":true,"x":{"y":1}}"#)
-            .unwrap();
+        let c = NetConf::parse(
+            br#"{"cniVersion":"0.3.1","name":"n","type":"bridge","hairpinMode":true,"x":{"y":1}}"#,
+        )
+        .unwrap();
         assert_eq!(c.extra["hairpinMode"], true);
         let back = serde_json::to_value(&c).unwrap();
         assert_eq!(back["x"]["y"], 1);

@@ -3,7 +3,9 @@
 use crate::error::{CniError, ERR_INCOMPATIBLE_VERSION};
 
 /// Every spec version the plugins in this crate speak.
-pub const SUPPORTED: &[&str] = &["0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 
 /// The newest spec version.
 pub const CURRENT: &str = "1.1.0";
@@ -33,9 +35,12 @@ pub fn check_supported(v: &str) -> Result<(), CniError> {
     if SUPPORTED.contains(&v) {
         return Ok(());
     }
-    Err(CniError::new(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions").with_details(
-        format!("config is \"{v}\", plugin supports {:?}", SUPPORTED),
-    ))
+    Err(
+        CniError::new(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions").with_details(format!(
+            "config is \"{v}\", plugin supports {:?}",
+            SUPPORTED
+        )),
+    )
 }
 
 #[cfg(test)]
