@@ -1,0 +1,1 @@
+//! Network config, leases and stores.
