@@ -1,6 +1,18 @@
 //! The one layer that talks to the kernel: links, addresses, routes, neighbours, sysctls, network namespaces and
 //! firewall rule sets. Shared by flanneld and the CNI plugins.
 
+pub mod addr;
 pub mod error;
+pub mod ipmasq;
+pub mod link;
+pub mod netlink;
+pub mod netns;
+pub mod route;
+pub mod neigh;
+pub mod sysctl;
+pub mod vxlan;
 
 pub use error::{Error, Result};
+pub use link::{Link, Mac};
+pub use netlink::Netlink;
+pub use netns::Netns;
