@@ -34,8 +34,20 @@ fn parse(m: NeighbourMessage) -> Neighbour {
     };
     for a in &m.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => n.ip = Some(IpAddr::V4(*v)),
-            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => n.ip = Some(IpAddr::V6(*v)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => {
+                n.ip = Some(IpAddr::V4(*v))
+            }
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => {
+                n.ip = Some(IpAddr::V6(*v))
+            }
+            // FDB entries (family AF_BRIDGE) carry their remote as raw bytes.
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                n.ip = match b.len() {
+                    4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+                    _ => None,
+                }
+            }
             NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
                 let mut mac = [0u8; 6];
                 mac.copy_from_slice(b);
@@ -59,7 +71,12 @@ impl Netlink {
             .replace()
             .execute()
             .await
-            .map_err(|e| Error::nl(format!("set neighbour {ip} lladdr {mac} on link #{index}"), e))
+            .map_err(|e| {
+                Error::nl(
+                    format!("set neighbour {ip} lladdr {mac} on link #{index}"),
+                    e,
+                )
+            })
     }
 
     /// Sets a permanent FDB entry `mac → dst` on a VXLAN device (`bridge fdb replace … self dst …`).
@@ -78,7 +95,11 @@ impl Netlink {
 
     /// Neighbour entries of one family on a link.
     pub async fn neighbours(&self, index: u32, ipv6: bool) -> Result<Vec<Neighbour>> {
-        let fam = if ipv6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        let fam = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
         self.dump_neigh(fam, index).await
     }
 
@@ -95,7 +116,11 @@ impl Netlink {
             .try_collect()
             .await
             .map_err(|e| Error::nl(format!("list neighbours of link #{index}"), e))?;
-        Ok(msgs.into_iter().filter(|m| m.header.ifindex == index).map(parse).collect())
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
+            .map(parse)
+            .collect())
     }
 
     /// Deletes a neighbour or FDB entry read by [`Netlink::neighbours`] / [`Netlink::fdb_entries`].
@@ -103,7 +128,13 @@ impl Netlink {
         match self.handle.neighbours().del(n.msg.clone()).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ENOENT) || is_errno(&e, libc::ESRCH) => Ok(()),
-            Err(e) => Err(Error::nl(format!("delete neighbour {:?} {:?} on link #{}", n.ip, n.mac, n.index), e)),
+            Err(e) => Err(Error::nl(
+                format!(
+                    "delete neighbour {:?} {:?} on link #{}",
+                    n.ip, n.mac, n.index
+                ),
+                e,
+            )),
         }
     }
 }

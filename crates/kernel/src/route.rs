@@ -158,7 +158,12 @@ impl Netlink {
 
     /// Deletes a route; one already gone is not an error.
     pub async fn delete_route(&self, r: &Route) -> Result<()> {
-        match self.handle.route().del(r.message()?).execute().await {
+        let mut m = r.message()?;
+        // Match any scope, type and protocol, as `ip route del` does: the kernel compares the ones that are set.
+        m.header.scope = RouteScope::NoWhere;
+        m.header.protocol = RouteProtocol::Unspec;
+        m.header.kind = RouteType::Unspec;
+        match self.handle.route().del(m).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),
             Err(e) => Err(Error::nl(format!("delete route {}", r.dst), e)),

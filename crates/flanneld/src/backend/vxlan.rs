@@ -1,0 +1,441 @@
+//! vxlan: kernel VXLAN device `flannel.<VNI>` (`flannel-v6.<VNI>`); per peer one permanent neighbour entry
+//! (peer subnet address → peer VTEP MAC), one FDB entry (VTEP MAC → peer public IP) and one onlink route. With
+//! `DirectRouting`, peers on our own L2 segment get a plain route via their host address instead.
+
+use super::{in_networks, is_self, opt, BackendError, Local, Peer, Published, Report};
+use futures::stream::{self, StreamExt};
+use ipnet::IpNet;
+use kernel::neigh::Neighbour;
+use kernel::route::Route;
+use kernel::vxlan::{stable_vtep_mac, VxlanSpec};
+use kernel::{Mac, Netlink};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+
+/// VXLAN encapsulation overhead over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+const OVERHEAD_V4: u32 = 50;
+/// Over IPv6 the outer header is 20 bytes longer.
+const OVERHEAD_V6: u32 = 70;
+/// How many netlink requests to keep in flight when programming many peers.
+const PIPELINE: usize = 128;
+
+/// Parsed `Backend` options of a vxlan network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VxlanConfig {
+    /// `VNI` (default 1).
+    pub vni: u32,
+    /// `Port` (0 = kernel default 8472).
+    pub port: u16,
+    /// `GBP`.
+    pub gbp: bool,
+    /// `Learning`.
+    pub learning: bool,
+    /// `MTU` of the underlay to assume (default: the external interface's).
+    pub mtu: Option<u32>,
+    /// `DirectRouting`.
+    pub direct_routing: bool,
+}
+
+impl VxlanConfig {
+    /// Parses the options; each error names the key and the value.
+    pub fn parse(options: &Value) -> Result<Self, BackendError> {
+        let uint = |k: &str, max: u64| -> Result<Option<u64>, BackendError> {
+            match opt(options, k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(n) if n <= max => Ok(Some(n)),
+                    _ => Err(BackendError::Config(format!(
+                        "Backend.{k} {v}: must be an integer between 0 and {max}"
+                    ))),
+                },
+            }
+        };
+        let boolean = |k: &str| -> Result<bool, BackendError> {
+            match opt(options, k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(v) => Err(BackendError::Config(format!(
+                    "Backend.{k} {v}: must be true or false"
+                ))),
+            }
+        };
+        let vni = uint("VNI", 16_777_215)?.unwrap_or(1);
+        if vni == 0 {
+            return Err(BackendError::Config(
+                "Backend.VNI 0: must be between 1 and 16777215".into(),
+            ));
+        }
+        Ok(Self {
+            vni: vni as u32,
+            port: uint("Port", 65535)?.unwrap_or(0) as u16,
+            gbp: boolean("GBP")?,
+            learning: boolean("Learning")?,
+            mtu: uint("MTU", 65535)?.map(|m| m as u32),
+            direct_routing: boolean("DirectRouting")?,
+        })
+    }
+}
+
+struct Device {
+    index: u32,
+    mac: Mac,
+}
+
+/// The vxlan backend.
+pub struct Vxlan {
+    cfg: VxlanConfig,
+    local: Local,
+    v4: Option<Device>,
+    v6: Option<Device>,
+    /// Prefixes directly connected on the external interface (for DirectRouting).
+    onlink: Vec<IpNet>,
+}
+
+/// A kernel change to make.
+enum Op {
+    Neigh(u32, IpAddr, Mac),
+    Fdb(u32, Mac, IpAddr),
+    AddRoute(Route),
+    DelRoute(Route),
+    DelNeigh(Neighbour),
+}
+
+impl Vxlan {
+    /// Validates the options.
+    pub fn new(options: &Value, local: &Local) -> Result<Self, BackendError> {
+        Ok(Self {
+            cfg: VxlanConfig::parse(options)?,
+            local: local.clone(),
+            v4: None,
+            v6: None,
+            onlink: Vec::new(),
+        })
+    }
+
+    /// The device names for this VNI.
+    pub fn device_names(&self) -> (String, String) {
+        (
+            format!("flannel.{}", self.cfg.vni),
+            format!("flannel-v6.{}", self.cfg.vni),
+        )
+    }
+
+    /// Creates (or adopts) the devices and puts the lease's network address on them.
+    pub async fn setup(&mut self, nl: &Netlink) -> Result<Published, BackendError> {
+        let underlay = self.cfg.mtu.unwrap_or(self.local.ext_mtu);
+        let (n4, n6) = self.device_names();
+        let mut published = Published {
+            backend_type: "vxlan".into(),
+            backend_data: None,
+            backend_v6_data: None,
+            mtu: underlay.saturating_sub(OVERHEAD_V4),
+        };
+        if let Some(sub) = self.local.subnet {
+            let src = self.local.iface_addr.map(IpAddr::V4);
+            let mac_seed = self
+                .local
+                .public_ip
+                .map(IpAddr::V4)
+                .or(src)
+                .unwrap_or(IpAddr::V4(sub.network()));
+            let l = nl
+                .ensure_vxlan(&VxlanSpec {
+                    name: n4,
+                    vni: self.cfg.vni,
+                    local: src,
+                    dev: Some(self.local.ext_index),
+                    port: self.cfg.port,
+                    learning: self.cfg.learning,
+                    gbp: self.cfg.gbp,
+                    mtu: Some(underlay.saturating_sub(OVERHEAD_V4)),
+                    mac: stable_vtep_mac(mac_seed, self.cfg.vni),
+                })
+                .await?;
+            ensure_only_address(
+                nl,
+                l.index,
+                IpNet::new(IpAddr::V4(sub.network()), 32).map_err(cfg_err)?,
+            )
+            .await?;
+            let mac = l
+                .mac
+                .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
+            published.backend_data = Some(json!({"VNI": self.cfg.vni, "VtepMAC": mac.to_string()}));
+            self.v4 = Some(Device {
+                index: l.index,
+                mac,
+            });
+        }
+        if let Some(sub) = self.local.ipv6_subnet {
+            let src = self.local.iface_v6_addr.map(IpAddr::V6);
+            let mac_seed = self
+                .local
+                .public_ipv6
+                .map(IpAddr::V6)
+                .or(src)
+                .unwrap_or(IpAddr::V6(sub.network()));
+            let mtu6 = underlay.saturating_sub(OVERHEAD_V6);
+            let l = nl
+                .ensure_vxlan(&VxlanSpec {
+                    name: n6,
+                    vni: self.cfg.vni,
+                    local: src,
+                    dev: Some(self.local.ext_index),
+                    port: self.cfg.port,
+                    learning: self.cfg.learning,
+                    gbp: self.cfg.gbp,
+                    mtu: Some(mtu6),
+                    mac: stable_vtep_mac(mac_seed, self.cfg.vni),
+                })
+                .await?;
+            ensure_only_address(
+                nl,
+                l.index,
+                IpNet::new(IpAddr::V6(sub.network()), 128).map_err(cfg_err)?,
+            )
+            .await?;
+            let mac = l
+                .mac
+                .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
+            published.backend_v6_data =
+                Some(json!({"VNI": self.cfg.vni, "VtepMAC": mac.to_string()}));
+            if self.local.subnet.is_none() {
+                published.mtu = mtu6;
+            } else {
+                published.mtu = published.mtu.min(mtu6);
+            }
+            self.v6 = Some(Device {
+                index: l.index,
+                mac,
+            });
+        }
+        self.onlink = nl
+            .addresses(self.local.ext_index)
+            .await?
+            .into_iter()
+            .filter(|a| a.scope == 0)
+            .map(|a| a.net.trunc())
+            .collect();
+        Ok(published)
+    }
+
+    fn direct(&self, ip: IpAddr) -> bool {
+        self.cfg.direct_routing && self.onlink.iter().any(|n| n.contains(&ip))
+    }
+
+    /// Programs every vxlan peer and removes entries no lease wants.
+    pub async fn reconcile(
+        &mut self,
+        nl: &Netlink,
+        peers: &[Peer],
+    ) -> Result<Report, BackendError> {
+        let mut report = Report::default();
+        let mut ops = Vec::new();
+        for v6 in [false, true] {
+            let Some(dev) = (if v6 {
+                self.v6.as_ref()
+            } else {
+                self.v4.as_ref()
+            }) else {
+                continue;
+            };
+            // Desired state for this family.
+            let mut routes: HashMap<IpNet, (IpAddr, u32, bool)> = HashMap::new();
+            let mut neigh: HashMap<IpAddr, Mac> = HashMap::new();
+            let mut fdb: HashSet<(Mac, IpAddr)> = HashSet::new();
+            for p in peers {
+                if is_self(&self.local, p) {
+                    continue;
+                }
+                let (subnet, public, data) = if v6 {
+                    (
+                        p.ipv6_subnet.map(IpNet::V6),
+                        p.public_ipv6.map(IpAddr::V6),
+                        &p.backend_v6_data,
+                    )
+                } else {
+                    (
+                        p.subnet.map(IpNet::V4),
+                        p.public_ip.map(IpAddr::V4),
+                        &p.backend_data,
+                    )
+                };
+                let (Some(subnet), Some(public)) = (subnet, public) else {
+                    continue;
+                };
+                if p.backend_type != "vxlan" {
+                    report.skipped += 1;
+                    continue;
+                }
+                if self.direct(public) {
+                    routes.insert(subnet, (public, self.local.ext_index, false));
+                    continue;
+                }
+                let Some(mac) = data
+                    .get("VtepMAC")
+                    .and_then(Value::as_str)
+                    .and_then(Mac::parse)
+                else {
+                    tracing::warn!(subnet = %subnet, "skipping peer: lease has no valid VtepMAC");
+                    report.skipped += 1;
+                    continue;
+                };
+                let gw = subnet.network();
+                routes.insert(subnet, (gw, dev.index, true));
+                neigh.insert(gw, mac);
+                fdb.insert((mac, public));
+            }
+
+            // Current state, one dump each.
+            let have_routes = nl.routes(v6).await?;
+            let mut have_route_set: HashSet<(IpNet, Option<IpAddr>, Option<u32>)> = HashSet::new();
+            for r in have_routes.iter().filter(|r| r.table == Some(254)) {
+                let ours = r.oif == Some(dev.index)
+                    || (r.oif == Some(self.local.ext_index) && r.gateway.is_some());
+                if !ours || !in_networks(&self.local, &r.dst) || r.blackhole {
+                    continue;
+                }
+                match routes.get(&r.dst) {
+                    Some((gw, oif, _)) if r.gateway == Some(*gw) && r.oif == Some(*oif) => {
+                        have_route_set.insert((r.dst, r.gateway, r.oif));
+                    }
+                    Some(_) => {} // replaced below
+                    None => ops.push(Op::DelRoute(r.clone())),
+                }
+            }
+            for (dst, (gw, oif, onlink)) in &routes {
+                if !have_route_set.contains(&(*dst, Some(*gw), Some(*oif))) {
+                    let mut r = Route::new(*dst).via(*gw).dev(*oif);
+                    r.onlink = *onlink;
+                    ops.push(Op::AddRoute(r));
+                }
+            }
+            let have_neigh = nl.neighbours(dev.index, v6).await?;
+            let mut ok_neigh = HashSet::new();
+            for n in have_neigh.into_iter().filter(|n| n.permanent) {
+                match (n.ip, n.mac) {
+                    (Some(ip), Some(mac)) if neigh.get(&ip) == Some(&mac) => {
+                        ok_neigh.insert(ip);
+                    }
+                    (Some(ip), _) if neigh.contains_key(&ip) => {} // replaced below
+                    _ => ops.push(Op::DelNeigh(n)),
+                }
+            }
+            for (ip, mac) in &neigh {
+                if !ok_neigh.contains(ip) {
+                    ops.push(Op::Neigh(dev.index, *ip, *mac));
+                }
+            }
+            let have_fdb = nl.fdb_entries(dev.index).await?;
+            let mut ok_fdb = HashSet::new();
+            for n in have_fdb.into_iter().filter(|n| n.ip.is_some()) {
+                match (n.mac, n.ip) {
+                    (Some(mac), Some(ip)) if fdb.contains(&(mac, ip)) => {
+                        ok_fdb.insert((mac, ip));
+                    }
+                    // Entries without a remote (the all-zero default) are not ours to manage.
+                    (Some(mac), _) if mac == Mac::default() => {}
+                    _ => ops.push(Op::DelNeigh(n)),
+                }
+            }
+            for e in &fdb {
+                if !ok_fdb.contains(e) {
+                    ops.push(Op::Fdb(dev.index, e.0, e.1));
+                }
+            }
+        }
+        let results: Vec<Result<bool, kernel::Error>> = stream::iter(ops)
+            .map(|op| async move {
+                match op {
+                    Op::Neigh(i, ip, mac) => nl.set_neighbour(i, ip, mac).await.map(|_| true),
+                    Op::Fdb(i, mac, ip) => nl.set_fdb(i, mac, ip).await.map(|_| true),
+                    Op::AddRoute(r) => nl.add_route(&r, true).await.map(|_| true),
+                    Op::DelRoute(r) => nl.delete_route(&r).await.map(|_| false),
+                    Op::DelNeigh(n) => nl.delete_neighbour(&n).await.map(|_| false),
+                }
+            })
+            .buffer_unordered(PIPELINE)
+            .collect()
+            .await;
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(true) => report.added += 1,
+                Ok(false) => report.removed += 1,
+                Err(e) => {
+                    tracing::warn!(error = %e, "vxlan reconcile step failed");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
+    }
+
+    /// Our VTEP MAC (IPv4 device), once set up.
+    pub fn vtep_mac(&self) -> Option<Mac> {
+        self.v4.as_ref().or(self.v6.as_ref()).map(|d| d.mac)
+    }
+}
+
+fn cfg_err(e: ipnet::PrefixLenError) -> BackendError {
+    BackendError::Config(e.to_string())
+}
+
+/// Puts `want` on the device and removes any other global address (a previous lease's).
+async fn ensure_only_address(nl: &Netlink, index: u32, want: IpNet) -> Result<(), BackendError> {
+    for a in nl.addresses(index).await? {
+        if a.net.addr().is_ipv6() == want.addr().is_ipv6() && a.scope == 0 && a.net != want {
+            nl.delete_address(&a).await?;
+        }
+    }
+    nl.add_address(index, want).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_options_case_insensitively() {
+        let c = VxlanConfig::parse(
+            &json!({"Type":"vxlan","vni":4096,"port":4789,"directRouting":true}),
+        )
+        .unwrap();
+        assert_eq!(c.vni, 4096);
+        assert_eq!(c.port, 4789);
+        assert!(c.direct_routing);
+        let d = VxlanConfig::parse(&json!({})).unwrap();
+        assert_eq!(
+            d,
+            VxlanConfig {
+                vni: 1,
+                port: 0,
+                gbp: false,
+                learning: false,
+                mtu: None,
+                direct_routing: false
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_options_naming_key() {
+        let e = VxlanConfig::parse(&json!({"VNI": -1}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("VNI"), "{e}");
+        let e = VxlanConfig::parse(&json!({"Port": 70000}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("Port") && e.contains("70000"), "{e}");
+        let e = VxlanConfig::parse(&json!({"DirectRouting": "yes"}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("DirectRouting"), "{e}");
+    }
+}

@@ -1,0 +1,3 @@
+//! flanneld: leases a subnet per node and programs the overlay so pods on different nodes reach each other.
+
+pub mod backend;
