@@ -1,3 +1,5 @@
 //! flanneld: leases a subnet per node and programs the overlay so pods on different nodes reach each other.
 
 pub mod backend;
+pub mod health;
+pub mod subnet_file;

@@ -87,6 +87,7 @@ fn vxlan_programs_and_prunes_peers() {
         let ul = nl.link_by_name("ul0").await.unwrap().unwrap();
         let mut b = Backend::new("vxlan", &json!({"Type": "vxlan"}), &local(ul.index)).unwrap();
         let p = b.setup(&nl).await.unwrap();
+        b.set_lease(&nl, &local(ul.index)).await.unwrap();
         assert_eq!(p.mtu, 1450);
         assert_eq!(p.backend_type, "vxlan");
         let mac = p.backend_data.as_ref().unwrap()["VtepMAC"]

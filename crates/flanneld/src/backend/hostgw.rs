@@ -36,6 +36,11 @@ impl HostGw {
         })
     }
 
+    /// Records the acquired lease (our own subnet is never routed to a peer).
+    pub fn set_lease(&mut self, local: &Local) {
+        self.local = local.clone();
+    }
+
     /// Nothing to create; pods keep the underlay MTU.
     pub async fn setup(&mut self, _nl: &Netlink) -> Result<Published, BackendError> {
         Ok(Published {

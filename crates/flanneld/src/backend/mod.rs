@@ -120,11 +120,30 @@ impl Backend {
         }
     }
 
-    /// Creates devices and local addresses; returns what to publish.
+    /// Creates devices (before the lease exists); returns what to publish in the lease.
     pub async fn setup(&mut self, nl: &kernel::Netlink) -> Result<Published, BackendError> {
         match self {
             Self::Vxlan(b) => b.setup(nl).await,
             Self::HostGw(b) => b.setup(nl).await,
+        }
+    }
+
+    /// Configures the acquired lease (addresses on devices); called again if the lease changes.
+    pub async fn set_lease(&mut self, nl: &kernel::Netlink, local: &Local) -> Result<(), BackendError> {
+        match self {
+            Self::Vxlan(b) => b.set_lease(nl, local).await,
+            Self::HostGw(b) => {
+                b.set_lease(local);
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the backend's devices still exist.
+    pub async fn devices_present(&self, nl: &kernel::Netlink) -> Result<bool, BackendError> {
+        match self {
+            Self::Vxlan(b) => b.devices_present(nl).await,
+            Self::HostGw(_) => Ok(true),
         }
     }
 

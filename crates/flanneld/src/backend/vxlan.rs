@@ -200,7 +200,7 @@ impl Vxlan {
                 .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
             published.backend_v6_data =
                 Some(json!({"VNI": self.cfg.vni, "VtepMAC": mac.to_string()}));
-            if self.local.subnet.is_none() {
+            if self.local.network.is_none() {
                 published.mtu = mtu6;
             } else {
                 published.mtu = published.mtu.min(mtu6);
@@ -218,6 +218,28 @@ impl Vxlan {
             .map(|a| a.net.trunc())
             .collect();
         Ok(published)
+    }
+
+    /// Puts the lease's network address (`.0/32`, `::/128`) on the devices, replacing a previous lease's.
+    pub async fn set_lease(&mut self, nl: &Netlink, local: &Local) -> Result<(), BackendError> {
+        self.local = local.clone();
+        if let (Some(d), Some(sub)) = (&self.v4, local.subnet) {
+            ensure_only_address(nl, d.index, IpNet::new(IpAddr::V4(sub.network()), 32).map_err(cfg_err)?).await?;
+        }
+        if let (Some(d), Some(sub)) = (&self.v6, local.ipv6_subnet) {
+            ensure_only_address(nl, d.index, IpNet::new(IpAddr::V6(sub.network()), 128).map_err(cfg_err)?).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the devices still exist (someone may delete `flannel.1`; the daemon then sets it up again).
+    pub async fn devices_present(&self, nl: &Netlink) -> Result<bool, BackendError> {
+        for d in [&self.v4, &self.v6].into_iter().flatten() {
+            if nl.link_by_index(d.index).await?.is_none() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     fn direct(&self, ip: IpAddr) -> bool {
