@@ -1,1 +1,27 @@
-//! Network config, leases and stores.
+//! Network config, subnet leases and the lease stores.
+//!
+//! - [`config`]: the network config JSON, defaults and validation.
+//! - [`lease`]: subnet keys, lease attributes and leases, in upstream's wire format.
+//! - [`alloc`]: choosing this node's subnet (pure functions).
+//! - [`registry`]: the store interface; [`etcd`] implements it on etcd v3.
+//! - [`manager`]: acquiring, renewing and watching this node's lease.
+//! - [`peers`]: the full, always-current set of peer leases.
+
+pub mod alloc;
+pub mod backoff;
+pub mod config;
+pub mod etcd;
+mod gojson;
+pub mod lease;
+pub mod manager;
+pub mod peers;
+pub mod registry;
+
+pub use alloc::{AllocError, Plan};
+pub use backoff::Backoff;
+pub use config::{ConfigError, NetworkConfig, Pool4, Pool6, DEFAULT_BACKEND_TYPE};
+pub use etcd::{EtcdOptions, EtcdRegistry};
+pub use lease::{Expiration, Lease, LeaseAttrs, LeaseError, SubnetKey, NO_IPV4_SUBNET};
+pub use manager::{load_config, LeaseEnd, LeaseManager, ManagerError, ManagerOptions};
+pub use peers::{PeerSnapshot, PeerWatchOptions, PeerWatcher};
+pub use registry::{Event, Registry, RegistryError, SharedRegistry, WatchBatch, WatchStream};
