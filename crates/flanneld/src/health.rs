@@ -79,9 +79,9 @@ pub fn router(state: Arc<State>) -> Router {
 
 /// Binds and serves until the process ends. Binding errors are returned (they name the address).
 pub async fn serve(addr: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("healthz: cannot listen on {addr}: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("healthz: cannot listen on {addr}: {e}"))
+    })?;
     tracing::info!(%addr, "serving /healthz, /readyz and /status");
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, router(state)).await {

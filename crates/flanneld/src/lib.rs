@@ -1,5 +1,9 @@
 //! flanneld: leases a subnet per node and programs the overlay so pods on different nodes reach each other.
 
 pub mod backend;
+pub mod cli;
+pub mod daemon;
 pub mod health;
+pub mod iface;
 pub mod subnet_file;
+pub mod traffic;

@@ -1,1 +1,45 @@
-fn main() {}
+//! The flanneld executable: parse flags, set up logging, run the daemon.
+
+use flanneld::daemon::{self, Exit};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let opts = flanneld::cli::parse();
+    if opts.version {
+        println!("{}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    // klog-style -v: 0 is info, higher numbers add detail; RUST_LOG overrides.
+    let level = match opts.v {
+        i32::MIN..=0 => "info",
+        1..=4 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("flanneld: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match rt.block_on(daemon::run(opts)) {
+        Ok(Exit::Signal) => 0,
+        Ok(Exit::LeaseRevoked) => 0,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            1
+        }
+    };
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}

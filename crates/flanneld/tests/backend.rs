@@ -85,8 +85,16 @@ fn vxlan_programs_and_prunes_peers() {
     in_netns(|| async {
         let nl = Netlink::current().unwrap();
         let ul = nl.link_by_name("ul0").await.unwrap().unwrap();
-        let mut b = Backend::new("vxlan", &json!({"Type": "vxlan"}), &local(ul.index)).unwrap();
+        // Before the lease exists (as in the daemon) the device is made but carries no address yet.
+        let mut before = local(ul.index);
+        before.subnet = None;
+        let mut b = Backend::new("vxlan", &json!({"Type": "vxlan"}), &before).unwrap();
         let p = b.setup(&nl).await.unwrap();
+        assert!(
+            p.backend_data.is_some(),
+            "VtepMAC must be known before the lease is acquired"
+        );
+        assert!(!ip(&["addr", "show", "flannel.1"]).contains("10.244.1.0/32"));
         b.set_lease(&nl, &local(ul.index)).await.unwrap();
         assert_eq!(p.mtu, 1450);
         assert_eq!(p.backend_type, "vxlan");

@@ -89,6 +89,21 @@ impl Netlink {
     }
 }
 
+impl Address {
+    /// The address flags (`IFA_F_*`: permanent, deprecated, tentative, temporary, ...), from `IFA_FLAGS` when the
+    /// kernel sends it (all 32 bits), else from the header (the low 8 bits).
+    pub fn flags(&self) -> u32 {
+        self.msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                AddressAttribute::Flags(f) => Some(f.bits()),
+                _ => None,
+            })
+            .unwrap_or_else(|| u32::from(self.msg.header.flags.bits()))
+    }
+}
+
 /// `true` for addresses a CNI result would report (not link-local, not loopback).
 pub fn is_global_unicast(ip: IpAddr) -> bool {
     match ip {

@@ -16,14 +16,16 @@
 //! Teardown and GC clean both backends and both families; their three reads run concurrently.
 
 use std::collections::{BTreeSet, HashSet};
-use std::io::{self, Write};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha512};
 
+use crate::firewall::{
+    self, delete_line as ipt_delete_line, iptables_usable, join_errors,
+    jump_target as ipt_jump_target, parse_save, quote as ipt_quote,
+    rule_comment as ipt_rule_comment, run, start, start_iptables_save, Family, RunError, RunResult,
+    Running, SavedTable,
+};
 use crate::{Error, Result};
 
 /// Name of the nftables table (family `inet`) shared by all masquerading plugins.
@@ -40,15 +42,6 @@ const NFT_TABLE_COMMENT: &str =
 const NFT_CHAIN_COMMENT: &str =
     "Masquerade traffic from certain IPs to any (non-multicast) IP outside their subnet";
 
-/// Where to look for the tools when `PATH` lacks them: runtimes often start plugins with a minimal environment.
-const FALLBACK_BIN_DIRS: &[&str] = &[
-    "/usr/local/sbin",
-    "/usr/sbin",
-    "/sbin",
-    "/usr/local/bin",
-    "/usr/bin",
-    "/bin",
-];
 /// How many times a read-modify-write cycle is attempted: a concurrent change between the read and the write
 /// (another plugin instance deleting a rule we planned to delete) makes the batch fail as a whole, and reading
 /// again resolves it.
@@ -281,122 +274,7 @@ fn validate(network: &str, container_id: &str, ifname: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Running the tools.
-
-/// Why a tool run failed.
-enum RunError {
-    /// The binary is not installed.
-    Missing(&'static str),
-    /// It ran and failed (or could not be run); the message names the tool and carries its stderr.
-    Failed(String),
-}
-
-impl RunError {
-    fn into_error(self, op: &str) -> Error {
-        let msg = match self {
-            Self::Missing(bin) => format!(
-                "{bin} not found (searched PATH and {})",
-                FALLBACK_BIN_DIRS.join(", ")
-            ),
-            Self::Failed(msg) => msg,
-        };
-        Error::Firewall { op: op.into(), msg }
-    }
-}
-
-/// Finds an executable in `PATH`, then in the usual sbin directories.
-fn find_bin(name: &str) -> Option<PathBuf> {
-    let path_dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    path_dirs
-        .into_iter()
-        .chain(FALLBACK_BIN_DIRS.iter().map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
-}
-
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// What a tool run yields: its stdout, or why it failed.
-type RunResult = std::result::Result<String, RunError>;
-
-/// A started tool whose output has not been collected yet.
-struct Running {
-    child: Child,
-    /// Command line, for error messages.
-    what: String,
-    /// The start of the input, for error messages.
-    input: Option<String>,
-}
-
-/// Starts `bin args…` and feeds it `stdin` if given. Starting several reads before collecting any lets them run
-/// concurrently.
-fn start(
-    bin: &'static str,
-    args: &[&str],
-    stdin: Option<&str>,
-) -> std::result::Result<Running, RunError> {
-    let path = find_bin(bin).ok_or(RunError::Missing(bin))?;
-    let what = format!("{} {}", path.display(), args.join(" "));
-    let mut child = Command::new(&path)
-        .args(args)
-        // Fixed locale: error texts are matched (nft "No such file or directory").
-        .env("LC_ALL", "C")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound => RunError::Missing(bin),
-            _ => RunError::Failed(format!("{what}: {e}")),
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A tool that rejects its input may exit before reading all of it; its stderr then says why, so a broken
-        // pipe here is not the error to report. Dropping `pipe` closes the tool's stdin.
-        if let Err(e) = pipe.write_all(input.as_bytes()) {
-            if e.kind() != io::ErrorKind::BrokenPipe {
-                // Reap the child rather than leave a zombie behind.
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RunError::Failed(format!("{what}: writing input: {e}")));
-            }
-        }
-    }
-    // The tools report "line N"; keep the input so that is readable, bounded for huge GC batches.
-    let input = stdin.map(|i| i.chars().take(4096).collect());
-    Ok(Running { child, what, input })
-}
-
-impl Running {
-    /// Waits for the tool and returns its stdout if it succeeded.
-    fn finish(self) -> RunResult {
-        let Running { child, what, input } = self;
-        let out = child
-            .wait_with_output()
-            .map_err(|e| RunError::Failed(format!("{what}: {e}")))?;
-        if out.status.success() {
-            return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let mut msg = format!("{what} failed ({}): {}", out.status, stderr.trim());
-        if let Some(input) = input {
-            msg.push_str(&format!("\ninput:\n{input}"));
-        }
-        Err(RunError::Failed(msg))
-    }
-}
-
-/// Runs `bin args…`, feeding `stdin` if given, and returns its stdout.
-fn run(bin: &'static str, args: &[&str], stdin: Option<&str>) -> RunResult {
-    start(bin, args, stdin)?.finish()
-}
+// Reading both backends at once.
 
 /// The reads teardown and GC need, started together so the three tools run concurrently (a DEL otherwise pays
 /// three process round trips one after the other before it can write anything).
@@ -408,8 +286,8 @@ struct Reads {
 
 impl Reads {
     fn start_all() -> Self {
-        let v4 = start(Family::V4.save(), IPT_SAVE_ARGS, None);
-        let v6 = start(Family::V6.save(), IPT_SAVE_ARGS, None);
+        let v4 = start_iptables_save(Family::V4, Some(IPT_TABLE));
+        let v6 = start_iptables_save(Family::V6, Some(IPT_TABLE));
         let nft = start("nft", NFT_LIST_ARGS, None);
         Self {
             v4: v4.and_then(Running::finish),
@@ -419,130 +297,24 @@ impl Reads {
     }
 }
 
-fn join_errors(op: &str, errors: Vec<Error>) -> Result<()> {
-    if errors.is_empty() {
-        return Ok(());
-    }
-    let msg = errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
-    Err(Error::Firewall { op: op.into(), msg })
-}
-
 // ---------------------------------------------------------------------------------------------------------------
 // iptables backend.
 
-/// An IP address family, i.e. which of iptables / ip6tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Family {
-    V4,
-    V6,
-}
-
-impl Family {
-    fn holds(self, ip: &IpNet) -> bool {
-        matches!(
-            (self, ip),
-            (Self::V4, IpNet::V4(_)) | (Self::V6, IpNet::V6(_))
-        )
-    }
-    fn iptables(self) -> &'static str {
-        match self {
-            Self::V4 => "iptables",
-            Self::V6 => "ip6tables",
-        }
-    }
-    fn save(self) -> &'static str {
-        match self {
-            Self::V4 => "iptables-save",
-            Self::V6 => "ip6tables-save",
-        }
-    }
-    fn restore(self) -> &'static str {
-        match self {
-            Self::V4 => "iptables-restore",
-            Self::V6 => "ip6tables-restore",
-        }
-    }
-    fn host_prefix(self) -> u8 {
-        match self {
-            Self::V4 => 32,
-            Self::V6 => 128,
-        }
-    }
-    fn multicast(self) -> &'static str {
-        match self {
-            Self::V4 => "224.0.0.0/4",
-            Self::V6 => "ff00::/8",
-        }
-    }
-}
-
-/// Whether the iptables tool of `fam` runs and can read a table (upstream's `SupportsIPTables` probe).
-fn iptables_usable(fam: Family) -> bool {
-    find_bin(fam.restore()).is_some()
-        && run(fam.iptables(), &["-w", "-t", "filter", "-S", "INPUT"], None).is_ok()
-}
-
-/// Quotes a string for iptables-restore (and as iptables-save prints it): double quotes, inner quotes escaped.
-fn ipt_quote(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\\\""))
-}
-
-/// The `nat` table as `iptables-save` prints it: declared chains and `-A` lines in order.
-#[derive(Debug, Default)]
-struct NatTable {
-    chains: HashSet<String>,
-    /// `(chain, full "-A …" line)`.
-    rules: Vec<(String, String)>,
-}
+/// The `nat` table as `iptables-save` prints it.
+type NatTable = SavedTable;
 
 fn parse_nat(save: &str) -> NatTable {
-    let mut table = NatTable::default();
-    let mut in_nat = false;
-    for line in save.lines() {
-        let line = line.trim_end();
-        if let Some(name) = line.strip_prefix('*') {
-            in_nat = name == "nat";
-        } else if !in_nat {
-            continue;
-        } else if let Some(decl) = line.strip_prefix(':') {
-            if let Some(name) = decl.split_whitespace().next() {
-                table.chains.insert(name.to_string());
-            }
-        } else if let Some(rest) = line.strip_prefix("-A ") {
-            if let Some(chain) = rest.split_whitespace().next() {
-                table.rules.push((chain.to_string(), line.to_string()));
-            }
-        }
-    }
-    table
+    parse_save(save, "nat")
 }
 
-/// The jump target of an iptables-save rule line (`-j X` is printed last when X is a chain).
-fn ipt_jump_target(line: &str) -> Option<&str> {
-    let (_, target) = line.rsplit_once(" -j ")?;
-    (!target.contains(' ')).then_some(target)
+const IPT_TABLE: &str = "nat";
+
+fn ipt_save(fam: Family) -> RunResult {
+    firewall::iptables_save(fam, Some(IPT_TABLE))
 }
 
-/// The `--comment` value of an iptables-save rule line, unquoted.
-fn ipt_rule_comment(line: &str) -> Option<String> {
-    let (_, rest) = line.split_once(" --comment ")?;
-    let Some(quoted) = rest.strip_prefix('"') else {
-        return rest.split_whitespace().next().map(str::to_string);
-    };
-    let mut out = String::new();
-    let mut chars = quoted.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => out.push(chars.next()?),
-            '"' => return Some(out),
-            c => out.push(c),
-        }
-    }
-    None
+fn ipt_restore(fam: Family, payload: &str) -> std::result::Result<(), RunError> {
+    firewall::iptables_restore(fam, payload)
 }
 
 /// Parses a comment of the form `name: "<net>" id: "<cid>"`.
@@ -595,21 +367,6 @@ fn ipt_wanted(
 fn ipt_refers_to(rule_chain: &str, line: &str, chain: &str, comment: &str) -> bool {
     ipt_jump_target(line) == Some(chain)
         || (rule_chain == "POSTROUTING" && ipt_rule_comment(line).as_deref() == Some(comment))
-}
-
-/// Turns an iptables-save `-A …` line into the `-D …` line that deletes exactly that rule.
-fn ipt_delete_line(line: &str) -> String {
-    format!("-D {}", line.strip_prefix("-A ").unwrap_or(line))
-}
-
-const IPT_SAVE_ARGS: &[&str] = &["-t", "nat"];
-
-fn ipt_save(fam: Family) -> RunResult {
-    run(fam.save(), IPT_SAVE_ARGS, None)
-}
-
-fn ipt_restore(fam: Family, payload: &str) -> std::result::Result<(), RunError> {
-    run(fam.restore(), &["--noflush", "-w"], Some(payload)).map(|_| ())
 }
 
 /// Builds the restore input that turns `table` into the wanted state, or `None` if it is already there.
@@ -790,7 +547,7 @@ fn ipt_stale_containers(
 
 /// Whether nft can talk to nf_tables here (upstream's `SupportsNFTables`: a check-only transaction).
 fn nft_usable() -> bool {
-    run("nft", &["--check", "add", "table", "inet", NFT_TABLE], None).is_ok()
+    firewall::nft_usable("inet", NFT_TABLE)
 }
 
 /// A rule of [`NFT_CHAIN`]: handle and comment.
@@ -834,8 +591,8 @@ fn nft_list() -> std::result::Result<Vec<NftRule>, RunError> {
 fn nft_rules(listed: RunResult) -> std::result::Result<Vec<NftRule>, RunError> {
     match listed {
         Ok(out) => parse_nft_rules(&out).map_err(RunError::Failed),
-        // nft reports ENOENT for a missing table or chain (knftables' IsNotFound matches the same text).
-        Err(RunError::Failed(msg)) if msg.contains("No such file or directory") => Ok(Vec::new()),
+        // nft reports ENOENT for a missing table or chain.
+        Err(e) if e.is_nft_not_found() => Ok(Vec::new()),
         Err(e) => Err(e),
     }
 }
@@ -910,7 +667,7 @@ fn nft_remove(op: &str, first_read: RunResult, pick: impl Fn(&str) -> bool) -> R
             .unwrap_or_else(|| run("nft", NFT_LIST_ARGS, None));
         let rules = match nft_rules(listed) {
             Ok(r) => r,
-            Err(RunError::Missing(_)) => return Ok(()),
+            Err(e) if e.is_missing() => return Ok(()),
             // Like upstream, an error from a system where nftables is unusable means there is nothing to remove.
             Err(e) if !nft_usable() => {
                 tracing::debug!(error = %e.into_error(op), "nftables unusable; no nft masquerade rules to remove");

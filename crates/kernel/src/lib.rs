@@ -3,12 +3,13 @@
 
 pub mod addr;
 pub mod error;
+pub mod firewall;
 pub mod ipmasq;
 pub mod link;
+pub mod neigh;
 pub mod netlink;
 pub mod netns;
 pub mod route;
-pub mod neigh;
 pub mod sysctl;
 pub mod vxlan;
 

@@ -191,4 +191,24 @@ impl Netlink {
             .map_err(|e| Error::nl("list routes", e))?;
         Ok(msgs.iter().filter_map(from_message).collect())
     }
+
+    /// The route the kernel would pick to reach `dst` (`ip route get`): its output interface, gateway and preferred
+    /// source address. `dst` in the result is `dst` as a host route.
+    pub async fn route_get(&self, dst: IpAddr) -> Result<Route> {
+        let mut m = RouteMessage::default();
+        let (family, len, addr) = match dst {
+            IpAddr::V4(v) => (AddressFamily::Inet, 32, RouteAddress::Inet(v)),
+            IpAddr::V6(v) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v)),
+        };
+        m.header.address_family = family;
+        m.header.destination_prefix_length = len;
+        m.attributes.push(RouteAttribute::Destination(addr));
+        let mut s = self.handle.route().get(m).execute();
+        let msg = s
+            .try_next()
+            .await
+            .map_err(|e| Error::nl(format!("get route to {dst}"), e))?
+            .ok_or_else(|| Error::NotFound(format!("route to {dst}")))?;
+        from_message(&msg).ok_or_else(|| Error::NotFound(format!("route to {dst}")))
+    }
 }

@@ -74,7 +74,12 @@ impl Netlink {
     /// traffic keeps flowing across daemon restarts. Returns the device.
     pub async fn ensure_vxlan(&self, spec: &VxlanSpec) -> Result<Link> {
         let existing: Option<LinkMessage> = {
-            let mut s = self.handle.link().get().match_name(spec.name.clone()).execute();
+            let mut s = self
+                .handle
+                .link()
+                .get()
+                .match_name(spec.name.clone())
+                .execute();
             match s.try_next().await {
                 Ok(m) => m,
                 Err(e) if is_errno(&e, libc::ENODEV) => None,
@@ -116,7 +121,9 @@ impl Netlink {
             tracing::warn!(device = %spec.name, "existing device does not match the VXLAN configuration; recreating it");
             self.delete_link(index).await?;
         }
-        let mut b = LinkVxlan::new(&spec.name, spec.vni).learning(spec.learning).address(spec.mac.0.to_vec());
+        let mut b = LinkVxlan::new(&spec.name, spec.vni)
+            .learning(spec.learning)
+            .address(spec.mac.0.to_vec());
         match spec.local {
             Some(IpAddr::V4(v)) => b = b.local(v),
             Some(IpAddr::V6(v)) => b = b.local6(v),
@@ -137,7 +144,12 @@ impl Netlink {
             .add(b.up().build())
             .execute()
             .await
-            .map_err(|e| Error::nl(format!("create vxlan device {} (vni {})", spec.name, spec.vni), e))?;
+            .map_err(|e| {
+                Error::nl(
+                    format!("create vxlan device {} (vni {})", spec.name, spec.vni),
+                    e,
+                )
+            })?;
         self.link_by_name(&spec.name)
             .await?
             .ok_or_else(|| Error::NotFound(format!("link {} after creating it", spec.name)))

@@ -129,7 +129,11 @@ impl Backend {
     }
 
     /// Configures the acquired lease (addresses on devices); called again if the lease changes.
-    pub async fn set_lease(&mut self, nl: &kernel::Netlink, local: &Local) -> Result<(), BackendError> {
+    pub async fn set_lease(
+        &mut self,
+        nl: &kernel::Netlink,
+        local: &Local,
+    ) -> Result<(), BackendError> {
         match self {
             Self::Vxlan(b) => b.set_lease(nl, local).await,
             Self::HostGw(b) => {

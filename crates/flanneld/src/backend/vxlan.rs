@@ -131,84 +131,48 @@ impl Vxlan {
             backend_v6_data: None,
             mtu: underlay.saturating_sub(OVERHEAD_V4),
         };
-        if let Some(sub) = self.local.subnet {
+        if self.local.network.is_some() {
             let src = self.local.iface_addr.map(IpAddr::V4);
-            let mac_seed = self
+            let seed = self
                 .local
                 .public_ip
                 .map(IpAddr::V4)
                 .or(src)
-                .unwrap_or(IpAddr::V4(sub.network()));
-            let l = nl
-                .ensure_vxlan(&VxlanSpec {
-                    name: n4,
-                    vni: self.cfg.vni,
-                    local: src,
-                    dev: Some(self.local.ext_index),
-                    port: self.cfg.port,
-                    learning: self.cfg.learning,
-                    gbp: self.cfg.gbp,
-                    mtu: Some(underlay.saturating_sub(OVERHEAD_V4)),
-                    mac: stable_vtep_mac(mac_seed, self.cfg.vni),
-                })
-                .await?;
-            ensure_only_address(
-                nl,
-                l.index,
-                IpNet::new(IpAddr::V4(sub.network()), 32).map_err(cfg_err)?,
-            )
-            .await?;
-            let mac = l
-                .mac
-                .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
-            published.backend_data = Some(json!({"VNI": self.cfg.vni, "VtepMAC": mac.to_string()}));
-            self.v4 = Some(Device {
-                index: l.index,
-                mac,
-            });
+                .ok_or_else(|| {
+                    BackendError::Unsupported(format!(
+                        "vxlan: interface {} has no IPv4 address",
+                        self.local.ext_name
+                    ))
+                })?;
+            let mtu = underlay.saturating_sub(OVERHEAD_V4);
+            let dev = self.device(nl, n4, src, mtu, seed).await?;
+            published.backend_data =
+                Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}));
+            self.v4 = Some(dev);
         }
-        if let Some(sub) = self.local.ipv6_subnet {
+        if self.local.ipv6_network.is_some() {
             let src = self.local.iface_v6_addr.map(IpAddr::V6);
-            let mac_seed = self
+            let seed = self
                 .local
                 .public_ipv6
                 .map(IpAddr::V6)
                 .or(src)
-                .unwrap_or(IpAddr::V6(sub.network()));
+                .ok_or_else(|| {
+                    BackendError::Unsupported(format!(
+                        "vxlan: interface {} has no IPv6 address",
+                        self.local.ext_name
+                    ))
+                })?;
             let mtu6 = underlay.saturating_sub(OVERHEAD_V6);
-            let l = nl
-                .ensure_vxlan(&VxlanSpec {
-                    name: n6,
-                    vni: self.cfg.vni,
-                    local: src,
-                    dev: Some(self.local.ext_index),
-                    port: self.cfg.port,
-                    learning: self.cfg.learning,
-                    gbp: self.cfg.gbp,
-                    mtu: Some(mtu6),
-                    mac: stable_vtep_mac(mac_seed, self.cfg.vni),
-                })
-                .await?;
-            ensure_only_address(
-                nl,
-                l.index,
-                IpNet::new(IpAddr::V6(sub.network()), 128).map_err(cfg_err)?,
-            )
-            .await?;
-            let mac = l
-                .mac
-                .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
+            let dev = self.device(nl, n6, src, mtu6, seed).await?;
             published.backend_v6_data =
-                Some(json!({"VNI": self.cfg.vni, "VtepMAC": mac.to_string()}));
-            if self.local.network.is_none() {
-                published.mtu = mtu6;
+                Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}));
+            published.mtu = if self.local.network.is_none() {
+                mtu6
             } else {
-                published.mtu = published.mtu.min(mtu6);
-            }
-            self.v6 = Some(Device {
-                index: l.index,
-                mac,
-            });
+                published.mtu.min(mtu6)
+            };
+            self.v6 = Some(dev);
         }
         self.onlink = nl
             .addresses(self.local.ext_index)
@@ -220,14 +184,54 @@ impl Vxlan {
         Ok(published)
     }
 
+    async fn device(
+        &self,
+        nl: &Netlink,
+        name: String,
+        src: Option<IpAddr>,
+        mtu: u32,
+        mac_seed: IpAddr,
+    ) -> Result<Device, BackendError> {
+        let l = nl
+            .ensure_vxlan(&VxlanSpec {
+                name,
+                vni: self.cfg.vni,
+                local: src,
+                dev: Some(self.local.ext_index),
+                port: self.cfg.port,
+                learning: self.cfg.learning,
+                gbp: self.cfg.gbp,
+                mtu: Some(mtu),
+                mac: stable_vtep_mac(mac_seed, self.cfg.vni),
+            })
+            .await?;
+        let mac = l
+            .mac
+            .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
+        Ok(Device {
+            index: l.index,
+            mac,
+        })
+    }
+
     /// Puts the lease's network address (`.0/32`, `::/128`) on the devices, replacing a previous lease's.
     pub async fn set_lease(&mut self, nl: &Netlink, local: &Local) -> Result<(), BackendError> {
         self.local = local.clone();
         if let (Some(d), Some(sub)) = (&self.v4, local.subnet) {
-            ensure_only_address(nl, d.index, IpNet::new(IpAddr::V4(sub.network()), 32).map_err(cfg_err)?).await?;
+            ensure_only_address(
+                nl,
+                d.index,
+                IpNet::new(IpAddr::V4(sub.network()), 32).map_err(cfg_err)?,
+            )
+            .await?;
         }
         if let (Some(d), Some(sub)) = (&self.v6, local.ipv6_subnet) {
-            ensure_only_address(nl, d.index, IpNet::new(IpAddr::V6(sub.network()), 128).map_err(cfg_err)?).await?;
+            ensure_only_address(
+                nl,
+                d.index,
+                IpNet::new(IpAddr::V6(sub.network()), 128).map_err(cfg_err)?,
+            )
+            .await?;
         }
         Ok(())
     }

@@ -1,0 +1,537 @@
+//! The daemon: store → config → interface → backend → lease → rules → subnet.env → ready, then three loops
+//! (reconcile peers, renew/watch our lease, re-check traffic rules) until SIGTERM or our lease is revoked.
+
+use crate::backend::{Backend, Local, Peer};
+use crate::cli::Options;
+use crate::health;
+use crate::iface::{self, IpStack, SelectOptions};
+use crate::subnet_file;
+use crate::traffic::{MasqConfig, Mode, NetPair, TrafficManager};
+use anyhow::{anyhow, bail, Context, Result};
+use cni::plugins::flannel::SubnetEnv;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use kernel::Netlink;
+use serde_json::{json, Value};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subnet::{
+    Backoff, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, LeaseEnd, LeaseManager, ManagerOptions,
+    NetworkConfig, PeerSnapshot, PeerWatchOptions, PeerWatcher, SharedRegistry, SubnetKey,
+    NO_IPV4_SUBNET,
+};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+
+/// How often the reconciler re-checks the kernel even without lease events.
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// Why the daemon stopped.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// SIGTERM / SIGINT: routes are left in place so pods keep talking across a restart.
+    Signal,
+    /// Our lease was deleted or expired.
+    LeaseRevoked,
+}
+
+async fn connect_store(opts: &Options) -> Result<SharedRegistry> {
+    if opts.kube_subnet_mgr {
+        bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not available in this build yet; use etcd");
+    }
+    if let Some(dir) = &opts.local_store {
+        bail!(
+            "--local-store {}: the embedded store is not available in this build yet; use etcd",
+            dir.display()
+        );
+    }
+    let eo = EtcdOptions {
+        endpoints: opts.etcd_endpoints.clone(),
+        prefix: opts.etcd_prefix.clone(),
+        keyfile: opts.etcd_keyfile.clone(),
+        certfile: opts.etcd_certfile.clone(),
+        cafile: opts.etcd_cafile.clone(),
+        username: opts.etcd_username.clone(),
+        password: opts.etcd_password.clone(),
+        ..Default::default()
+    };
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        match EtcdRegistry::connect(eo.clone()).await {
+            Ok(r) => return Ok(Arc::new(r)),
+            Err(e) if e.is_retryable() => {
+                let d = backoff.next_delay();
+                warn!(endpoints = %eo.endpoints.join(","), error = %e, "etcd unreachable; retrying in {d:?}");
+                tokio::time::sleep(d).await;
+            }
+            Err(e) => return Err(anyhow!(e).context("connecting to etcd")),
+        }
+    }
+}
+
+async fn load_config(reg: &SharedRegistry) -> Result<NetworkConfig> {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+    loop {
+        match subnet::load_config(reg.as_ref()).await {
+            Ok(c) => return Ok(c),
+            Err(e)
+                if e.is_retryable()
+                    || matches!(
+                        e,
+                        subnet::ManagerError::Store(subnet::RegistryError::ConfigNotFound(_))
+                    ) =>
+            {
+                let d = backoff.next_delay();
+                warn!(error = %e, "couldn't fetch network config; retrying in {d:?}");
+                tokio::time::sleep(d).await;
+            }
+            Err(e) => return Err(anyhow!(e)),
+        }
+    }
+}
+
+/// A lease as the backends see a peer.
+pub fn to_peer(l: &Lease) -> Peer {
+    Peer {
+        subnet: (l.subnet != NO_IPV4_SUBNET).then_some(l.subnet),
+        ipv6_subnet: l.ipv6_subnet,
+        public_ip: (!l.attrs.public_ip.is_unspecified()).then_some(l.attrs.public_ip),
+        public_ipv6: l.attrs.public_ipv6,
+        backend_type: l.attrs.backend_type.clone(),
+        backend_data: l.attrs.backend_data.clone().unwrap_or(Value::Null),
+        backend_v6_data: l.attrs.backend_v6_data.clone().unwrap_or(Value::Null),
+    }
+}
+
+fn previous_key(prev: &Option<SubnetEnv>) -> Option<SubnetKey> {
+    let p = prev.as_ref()?;
+    let v4 = p.subnet.and_then(|n| match n {
+        IpNet::V4(n) => Some(n.trunc()),
+        IpNet::V6(_) => None,
+    });
+    let v6 = p.ipv6_subnet.and_then(|n| match n {
+        IpNet::V6(n) => Some(n.trunc()),
+        IpNet::V4(_) => None,
+    });
+    if v4.is_none() && v6.is_none() {
+        return None;
+    }
+    Some(SubnetKey {
+        ipv4: v4.unwrap_or(NO_IPV4_SUBNET),
+        ipv6: v6,
+    })
+}
+
+fn first_host4(n: Ipv4Net) -> Result<Ipv4Net> {
+    let ip = Ipv4Addr::from(u32::from(n.network()).saturating_add(1));
+    Ok(Ipv4Net::new(ip, n.prefix_len())?)
+}
+
+fn first_host6(n: Ipv6Net) -> Result<Ipv6Net> {
+    let ip = std::net::Ipv6Addr::from(u128::from(n.network()).saturating_add(1));
+    Ok(Ipv6Net::new(ip, n.prefix_len())?)
+}
+
+fn v4_of(n: &Option<IpNet>) -> Option<Ipv4Net> {
+    match n {
+        Some(IpNet::V4(v)) => Some(v.trunc()),
+        _ => None,
+    }
+}
+
+fn v6_of(n: &Option<IpNet>) -> Option<Ipv6Net> {
+    match n {
+        Some(IpNet::V6(v)) => Some(v.trunc()),
+        _ => None,
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| anyhow!("background task failed: {e}"))
+}
+
+fn sd_notify_ready() {
+    // The systemd protocol is one datagram on $NOTIFY_SOCKET; no crate needed for that.
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let r = if let Some(abstract_name) = path.strip_prefix('@') {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes())
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = r {
+        warn!(error = %e, "sd_notify READY=1 failed");
+    }
+}
+
+/// Runs the daemon until it should exit.
+pub async fn run(opts: Options) -> Result<Exit> {
+    let state = Arc::new(health::State::default());
+    if let Some(addr) = opts.healthz_addr() {
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("--healthz-ip/--healthz-port: invalid address {addr}"))?;
+        health::serve(addr, state.clone()).await?;
+    }
+
+    let previous = subnet_file::read(&opts.subnet_file);
+    let registry = connect_store(&opts).await?;
+    let cfg = load_config(&registry).await?;
+    info!(network = ?cfg.network, ipv6_network = ?cfg.ipv6_network, backend = %cfg.backend_type, "network config");
+    let stack = IpStack::from_enabled(cfg.enable_ipv4, cfg.enable_ipv6)?;
+    if !cfg.enable_nftables
+        && !std::path::Path::new("/proc/sys/net/bridge/bridge-nf-call-iptables").exists()
+    {
+        warn!("br_netfilter is not loaded: pod traffic crossing cni0 will not traverse iptables (kube-proxy services may break)");
+    }
+
+    let nl = Netlink::current()?;
+    let ext = iface::lookup(&nl, &SelectOptions::from_cli(&opts), stack).await?;
+    let mut local = Local {
+        network: cfg.network.filter(|_| cfg.enable_ipv4),
+        ipv6_network: cfg.ipv6_network.filter(|_| cfg.enable_ipv6),
+        subnet: None,
+        ipv6_subnet: None,
+        ext_index: ext.index,
+        ext_name: ext.name.clone(),
+        ext_mtu: ext.mtu,
+        iface_addr: ext.iface_addr,
+        iface_v6_addr: ext.iface_v6_addr,
+        public_ip: ext.ext_addr,
+        public_ipv6: ext.ext_v6_addr,
+    };
+    let mut backend = Backend::new(&cfg.backend_type, &cfg.backend, &local)?;
+    let published = backend.setup(&nl).await?;
+
+    let attrs = LeaseAttrs {
+        public_ip: ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ipv6: ext.ext_v6_addr,
+        backend_type: published.backend_type.clone(),
+        backend_data: published.backend_data.clone(),
+        backend_v6_data: published.backend_v6_data.clone(),
+    };
+    let mopts = ManagerOptions {
+        renew_margin: opts.renew_margin(),
+        ..Default::default()
+    };
+    let manager = LeaseManager::new(
+        registry.clone(),
+        cfg.clone(),
+        previous_key(&previous),
+        mopts,
+    );
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+    let lease = loop {
+        match manager.acquire(&attrs).await {
+            Ok(l) => break l,
+            Err(e) if e.is_retryable() => {
+                let d = backoff.next_delay();
+                warn!(error = %e, "failed to acquire lease; retrying in {d:?}");
+                tokio::time::sleep(d).await;
+            }
+            Err(e) => return Err(anyhow!(e).context("acquiring a subnet lease")),
+        }
+    };
+    info!(key = %lease.key(), "acquired lease");
+    if cfg.enable_ipv4 {
+        local.subnet = Some(lease.subnet);
+    }
+    local.ipv6_subnet = lease.ipv6_subnet.filter(|_| cfg.enable_ipv6);
+    backend.set_lease(&nl, &local).await?;
+
+    // Traffic rules (they spawn iptables/nft, so off the async threads).
+    let mode = Mode::from_enable_nftables(cfg.enable_nftables);
+    let masq = MasqConfig {
+        v4: local
+            .network
+            .zip(local.subnet)
+            .map(|(network, subnet)| NetPair { network, subnet }),
+        v6: local
+            .ipv6_network
+            .zip(local.ipv6_subnet)
+            .map(|(network, subnet)| NetPair { network, subnet }),
+        prev_v4: previous.as_ref().and_then(|p| {
+            let n = p.networks.iter().find_map(|n| v4_of(&Some(*n)))?;
+            Some(NetPair {
+                network: n,
+                subnet: v4_of(&p.subnet)?,
+            })
+        }),
+        prev_v6: previous.as_ref().and_then(|p| {
+            let n = p.ipv6_networks.iter().find_map(|n| v6_of(&Some(*n)))?;
+            Some(NetPair {
+                network: n,
+                subnet: v6_of(&p.ipv6_subnet)?,
+            })
+        }),
+        fully_random_disable: opts.ip_masq_fully_random_disable,
+    };
+    let (ip_masq, fwd) = (opts.ip_masq, opts.iptables_forward_rules);
+    let (net4, net6) = (local.network, local.ipv6_network);
+    let traffic = blocking(move || -> Result<TrafficManager> {
+        let mut tm = TrafficManager::new(mode);
+        if let Err(e) = tm.cleanup_other_mode() {
+            warn!(error = %e, "failed to clean up the other traffic mode's rules");
+        }
+        tm.init()?;
+        if ip_masq {
+            tm.setup_and_ensure_masq_rules(&masq)?;
+        }
+        if fwd {
+            tm.setup_and_ensure_forward_rules(net4, net6)?;
+        }
+        Ok(tm)
+    })
+    .await??;
+
+    if opts.ip_blackhole_route {
+        ensure_blackhole(&nl, &local).await;
+    }
+
+    let env = SubnetEnv {
+        networks: local.network.map(IpNet::V4).into_iter().collect(),
+        subnet: local.subnet.map(first_host4).transpose()?.map(IpNet::V4),
+        ipv6_networks: local.ipv6_network.map(IpNet::V6).into_iter().collect(),
+        ipv6_subnet: local
+            .ipv6_subnet
+            .map(first_host6)
+            .transpose()?
+            .map(IpNet::V6),
+        mtu: published.mtu,
+        ipmasq: opts.ip_masq,
+    };
+    subnet_file::write(&opts.subnet_file, &env)
+        .with_context(|| format!("writing subnet file {}", opts.subnet_file.display()))?;
+    state.set_status(json!({
+        "node": {
+            "subnet": local.subnet.map(|s| s.to_string()),
+            "ipv6Subnet": local.ipv6_subnet.map(|s| s.to_string()),
+            "publicIP": ext.ext_addr.map(|a| a.to_string()),
+            "publicIPv6": ext.ext_v6_addr.map(|a| a.to_string()),
+            "interface": ext.name,
+            "backendType": published.backend_type,
+            "backendData": published.backend_data,
+            "backendV6Data": published.backend_v6_data,
+            "mtu": published.mtu,
+            "subnetFile": opts.subnet_file.display().to_string(),
+        },
+        "config": {
+            "Network": cfg.network.map(|n| n.to_string()),
+            "IPv6Network": cfg.ipv6_network.map(|n| n.to_string()),
+            "EnableIPv4": cfg.enable_ipv4,
+            "EnableIPv6": cfg.enable_ipv6,
+            "EnableNFTables": cfg.enable_nftables,
+            "Backend": cfg.backend,
+        },
+        "peers": [],
+    }));
+    state.set_ready(true);
+    sd_notify_ready();
+    info!(subnet_file = %opts.subnet_file.display(), mtu = published.mtu, "ready");
+
+    // Loops.
+    let watcher = PeerWatcher::spawn(
+        registry.clone(),
+        Some(lease.key()),
+        PeerWatchOptions::default(),
+    );
+    let rx = watcher.subscribe();
+    let reconciler = tokio::spawn(reconcile_loop(
+        backend,
+        nl.clone(),
+        local.clone(),
+        rx,
+        state.clone(),
+    ));
+    let resync = opts.iptables_resync_period();
+    let blackhole = opts.ip_blackhole_route;
+    let rules = tokio::spawn(rules_loop(
+        traffic,
+        resync,
+        blackhole.then(|| (nl.clone(), local.clone())),
+    ));
+    let keeper = {
+        let m = manager.clone();
+        tokio::spawn(async move { m.keep(lease, None).await })
+    };
+
+    let exit = tokio::select! {
+        s = shutdown_signal() => {
+            info!("received {s}; exiting and leaving routes in place");
+            Exit::Signal
+        }
+        r = keeper => {
+            match r {
+                Ok(LeaseEnd::Revoked(l)) => error!(key = %l.key(), "lease has been revoked; shutting down daemon"),
+                Err(e) => error!(error = %e, "lease keeper failed"),
+            }
+            Exit::LeaseRevoked
+        }
+    };
+    reconciler.abort();
+    rules.abort();
+    drop(watcher);
+    state.set_ready(false);
+    Ok(exit)
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the process still dies on SIGTERM by default.
+        std::future::pending::<()>().await;
+        return "nothing";
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn ensure_blackhole(nl: &Netlink, local: &Local) {
+    for dst in local
+        .subnet
+        .map(IpNet::V4)
+        .into_iter()
+        .chain(local.ipv6_subnet.map(IpNet::V6))
+    {
+        let mut r = kernel::route::Route::new(dst);
+        r.blackhole = true;
+        if let Err(e) = nl.add_route(&r, false).await {
+            warn!(error = %e, %dst, "failed to add blackhole route");
+        }
+    }
+}
+
+async fn rules_loop(mut tm: TrafficManager, every: Duration, blackhole: Option<(Netlink, Local)>) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (back, res) = match tokio::task::spawn_blocking(move || {
+            let r = tm.ensure();
+            (tm, r)
+        })
+        .await
+        {
+            Ok(x) => x,
+            Err(e) => {
+                error!(error = %e, "traffic rule check panicked; stopping the check");
+                return;
+            }
+        };
+        tm = back;
+        match res {
+            Ok(true) => warn!("traffic rules were missing or changed; restored them"),
+            Ok(false) => debug!("traffic rules in place"),
+            Err(e) => warn!(error = %e, "checking traffic rules failed"),
+        }
+        if let Some((nl, local)) = &blackhole {
+            ensure_blackhole(nl, local).await;
+        }
+    }
+}
+
+async fn reconcile_loop(
+    mut backend: Backend,
+    nl: Netlink,
+    local: Local,
+    mut rx: watch::Receiver<PeerSnapshot>,
+    state: Arc<health::State>,
+) {
+    loop {
+        let snap = rx.borrow_and_update().clone();
+        // An unsynced snapshot means "peers unknown": acting on it could remove working routes.
+        if snap.synced {
+            match backend.devices_present(&nl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!("backend device disappeared; recreating it");
+                    if let Err(e) = async {
+                        backend.setup(&nl).await?;
+                        backend.set_lease(&nl, &local).await
+                    }
+                    .await
+                    {
+                        error!(error = %e, "recreating the backend device failed");
+                    }
+                }
+                Err(e) => warn!(error = %e, "checking backend devices failed"),
+            }
+            let peers: Vec<Peer> = snap.leases.values().map(to_peer).collect();
+            let t = Instant::now();
+            let result = backend.reconcile(&nl, &peers).await;
+            let took = t.elapsed();
+            match &result {
+                Ok(r) if r.added + r.removed > 0 => info!(
+                    peers = peers.len(),
+                    added = r.added,
+                    removed = r.removed,
+                    skipped = r.skipped,
+                    generation = snap.generation,
+                    "reconciled in {took:?}"
+                ),
+                Ok(r) => debug!(
+                    peers = peers.len(),
+                    skipped = r.skipped,
+                    "in sync ({took:?})"
+                ),
+                Err(e) => warn!(error = %e, "reconcile failed; will retry"),
+            }
+            let ok = result.is_ok();
+            let list: Vec<Value> = snap
+                .leases
+                .values()
+                .map(|l| {
+                    json!({
+                        "subnet": (l.subnet != NO_IPV4_SUBNET).then(|| l.subnet.to_string()),
+                        "ipv6Subnet": l.ipv6_subnet.map(|s| s.to_string()),
+                        "publicIP": l.attrs.public_ip.to_string(),
+                        "publicIPv6": l.attrs.public_ipv6.map(|a| a.to_string()),
+                        "backendType": l.attrs.backend_type,
+                        "backendData": l.attrs.backend_data,
+                        "programmed": ok && l.attrs.backend_type == backend.type_name(),
+                    })
+                })
+                .collect();
+            state.update_status(|s| {
+                s["peers"] = Value::Array(list);
+                s["lastReconcile"] = json!({
+                    "generation": snap.generation,
+                    "revision": snap.revision,
+                    "ok": ok,
+                    "error": result.as_ref().err().map(|e| e.to_string()),
+                    "micros": took.as_micros() as u64,
+                });
+            });
+        }
+        let wait = if snap.synced && backend_ok(&state) {
+            RESYNC
+        } else {
+            Duration::from_secs(1)
+        };
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+fn backend_ok(state: &health::State) -> bool {
+    state
+        .status()
+        .pointer("/lastReconcile/ok")
+        .and_then(Value::as_bool)
+        .unwrap_or(true)
+}
