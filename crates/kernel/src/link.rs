@@ -307,6 +307,16 @@ impl Netlink {
             .map_err(|e| Error::nl(format!("set MAC {mac} on link #{index}"), e))
     }
 
+    /// Renames a link (it must be down).
+    pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).name(name.to_string()).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("rename link #{index} to {name}"), e))
+    }
+
     /// Deletes a link; a link that is already gone is not an error.
     pub async fn delete_link(&self, index: u32) -> Result<()> {
         match self.handle.link().del(index).execute().await {
@@ -330,5 +340,50 @@ mod tests {
         assert!(Mac::parse("zz:58:0a:f4:01:01").is_none());
         let r = Mac::random().unwrap();
         assert_eq!(r.0[0] & 0x03, 0x02);
+    }
+}
+
+/// Deletes link `index` of namespace `ns` without waiting for it: the kernel's teardown of a veth waits for an RCU
+/// barrier (15–20 ms here), which a CNI DEL need not sit through once the interface is down and renamed out of the
+/// way. A detached grandchild process sends one `RTM_DELLINK` and exits; the caller returns at once.
+pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
+    // struct nlmsghdr (16 bytes) + struct ifinfomsg (16 bytes), built before fork so the child only makes syscalls.
+    let mut msg = [0u8; 32];
+    msg[0..4].copy_from_slice(&32u32.to_ne_bytes());
+    msg[4..6].copy_from_slice(&(libc::RTM_DELLINK).to_ne_bytes());
+    msg[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    msg[8..12].copy_from_slice(&1u32.to_ne_bytes());
+    msg[20..24].copy_from_slice(&(index as i32).to_ne_bytes());
+    let nsfd = ns.raw_fd();
+    // SAFETY: between fork and _exit the children only call async-signal-safe functions on memory prepared above.
+    unsafe {
+        match libc::fork() {
+            -1 => Err(Error::io("fork to delete a link", std::io::Error::last_os_error())),
+            0 => {
+                // Child: fork again so the grandchild is reparented and never left as our zombie.
+                if libc::fork() != 0 {
+                    libc::_exit(0);
+                }
+                libc::setsid();
+                // The runtime reads our stdout/stderr until EOF: the grandchild must not hold them.
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                for fd in 0..3 {
+                    libc::dup2(null, fd);
+                }
+                if libc::setns(nsfd, libc::CLONE_NEWNET) == 0 {
+                    let s = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+                    if s >= 0 {
+                        // The deletion runs inside this send, in our context; no reply is needed.
+                        libc::send(s, msg.as_ptr().cast(), msg.len(), 0);
+                    }
+                }
+                libc::_exit(0)
+            }
+            pid => {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+                Ok(())
+            }
+        }
     }
 }

@@ -80,3 +80,77 @@ impl Netns {
         })
     }
 }
+
+/// Where named namespaces live (as with `ip netns`).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// Makes `/run/netns` a shared mount point, as iproute2 does, so namespaces mounted there are visible to other
+/// mount namespaces (`ip netns exec` runs in its own).
+fn prepare_run_dir() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| Error::io(format!("create {NETNS_RUN_DIR}"), e))?;
+    let shared = || mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    if shared().is_ok() {
+        return Ok(());
+    }
+    // Not a mount point yet: bind it onto itself first.
+    mount(Some(NETNS_RUN_DIR), NETNS_RUN_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+        .map_err(|e| Error::io(format!("bind-mount {NETNS_RUN_DIR}"), e.into()))?;
+    shared().map_err(|e| Error::io(format!("make {NETNS_RUN_DIR} shared"), e.into()))
+}
+
+/// Creates a named network namespace `/run/netns/<name>` (like `ip netns add`); fails if it exists.
+pub fn create_named(name: &str) -> Result<Netns> {
+    use nix::mount::{mount, MsFlags};
+    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+        return Err(Error::Conflict(format!("invalid network namespace name {name:?}")));
+    }
+    prepare_run_dir()?;
+    let path = PathBuf::from(NETNS_RUN_DIR).join(name);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    let target = path.clone();
+    let made = std::thread::spawn(move || -> Result<()> {
+        nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("unshare network namespace", e.into()))?;
+        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::io(format!("bind-mount namespace onto {}", target.display()), e.into()))
+    })
+    .join()
+    .map_err(|_| Error::Conflict("namespace creation thread panicked".into()))?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Netns::open(&path)
+}
+
+/// Deletes a named network namespace (like `ip netns del`); a missing one is not an error. The namespace itself
+/// lives on while processes are still in it.
+pub fn delete_named(name: &str) -> Result<()> {
+    let path = PathBuf::from(NETNS_RUN_DIR).join(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    // EINVAL: not mounted (a leftover file from an interrupted create).
+    if let Err(e) = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH) {
+        if e != nix::errno::Errno::EINVAL {
+            return Err(Error::io(format!("unmount {}", path.display()), e.into()));
+        }
+    }
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// Names of the namespaces under `/run/netns`.
+pub fn list_named() -> Vec<String> {
+    std::fs::read_dir(NETNS_RUN_DIR)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}

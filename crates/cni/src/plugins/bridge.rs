@@ -468,7 +468,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
             Ok(ns) => {
                 let pod = Netlink::in_netns(&ns)?;
                 if let Some(l) = pod.link_by_name(&args.ifname).await? {
-                    pod.delete_link(l.index).await?;
+                    remove_pod_link(&ns, &pod, l.index).await?;
                 }
             }
             Err(kernel::Error::NotFound(_)) => {}
@@ -481,6 +481,18 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
     if bc.ip_masq {
         ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])?;
     }
+    Ok(())
+}
+
+/// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free
+/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process.
+async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
+    pod.set_down(index).await?;
+    let tomb = host_veth_name()?.replacen("veth", "cnidel", 1);
+    if pod.rename(index, &tomb).await.is_ok() && kernel::link::delete_link_detached(ns, index).is_ok() {
+        return Ok(());
+    }
+    pod.delete_link(index).await?;
     Ok(())
 }
 

@@ -96,7 +96,11 @@ impl Range {
         // from it must not start failing here.
         let gateway = match spec.gateway.map(canonical_ip) {
             Some(g) if g.is_ipv4() == v4 => to_num(g),
-            Some(g) => return Err(format!("{path}.gateway {g} is not of the family of network {subnet}")),
+            Some(g) => {
+                return Err(format!(
+                    "{path}.gateway {g} is not of the family of network {subnet}"
+                ))
+            }
             None => net + 1,
         };
         let start = match spec.start {
@@ -358,7 +362,11 @@ mod tests {
         assert!(canon(s).unwrap_err().contains("rangeEnd fd00::5"));
         let mut s = spec("10.1.0.0/24");
         s.gateway = Some(ip("10.1.1.1"));
-        assert_eq!(canon(s).unwrap().gateway, ip("10.1.1.1"), "the reference accepts an outside gateway");
+        assert_eq!(
+            canon(s).unwrap().gateway,
+            ip("10.1.1.1"),
+            "the reference accepts an outside gateway"
+        );
         let mut s = spec("10.1.0.0/24");
         s.gateway = Some(ip("fd00::1"));
         assert!(canon(s).unwrap_err().contains("gateway fd00::1"));

@@ -1,0 +1,237 @@
+//! DEL is idempotent and best effort: twice in a row, after the pod's netns is gone, after a partial ADD — all
+//! succeed and leave nothing behind. Runs against ours and, as a baseline, the reference plugins.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const NET: &str = "frtnet";
+const BR: &str = "frtbr0";
+
+fn net(sb: &Sandbox, imp: &Impl) -> Net {
+    Net::new(
+        NET,
+        imp.newest_version(),
+        vec![bridge_conf(BR, "10.244.8.0/24", &sb.path("ipam"))],
+    )
+}
+
+fn del_twice(imp: &Impl) {
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(imp);
+    let net = net(&sb, imp);
+    let att = sb.att(0, &pod);
+    let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("second DEL: {o:?}"));
+    rt.del(&net, &att, None)
+        .unwrap_or_else(|o| panic!("DEL without prevResult: {o:?}"));
+    // DEL with an empty CNI_NETNS is allowed by the spec.
+    let mut no_ns = att.clone();
+    no_ns.netns.clear();
+    rt.del(&net, &no_ns, None)
+        .unwrap_or_else(|o| panic!("DEL without netns: {o:?}"));
+    // DEL of something never added.
+    rt.del(&net, &sb.att(7, &pod), None)
+        .unwrap_or_else(|o| panic!("DEL of an unknown container: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    assert!(link(&pod.name, "eth0").is_none());
+    assert!(ip_files(&sb.path("ipam"), NET).is_empty());
+}
+
+fn del_after_netns_gone(imp: &Impl) {
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(imp);
+    let net = net(&sb, imp);
+    let att = sb.att(0, &pod);
+    let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    assert_eq!(ip_files(&sb.path("ipam"), NET).len(), 1);
+    pod.delete();
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL after the netns is gone: {o:?}"));
+    assert!(
+        ip_files(&sb.path("ipam"), NET).is_empty(),
+        "IP not released"
+    );
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("second DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+}
+
+fn del_after_partial_add(imp: &Impl) {
+    let sb = Sandbox::new();
+    let pods = sb.pods(3);
+    let rt = sb.runtime(imp);
+    let net = net(&sb, imp);
+    let data = sb.path("ipam");
+
+    // 1. IPAM reserved, no interface made (killed right after host-local).
+    let a0 = sb.att(0, &pods[0]);
+    let out = rt.exec("host-local", "ADD", Some(&a0), &net.plugin_conf(0, None));
+    assert!(out.ok(), "host-local ADD: {out:?}");
+    assert_eq!(ip_files_of(&data, NET, &a0.container_id).len(), 1);
+    rt.del(&net, &a0, None)
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    assert!(
+        ip_files(&data, NET).is_empty(),
+        "reservation of a partial ADD kept"
+    );
+
+    // 2. Veth made (container end already named), no address, no IPAM.
+    let a1 = sb.att(1, &pods[1]);
+    ip(
+        &sb.node.name,
+        &[
+            "link",
+            "add",
+            "vethfrtpart",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pods[1].name,
+        ],
+    );
+    rt.del(&net, &a1, None)
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    assert!(
+        link(&pods[1].name, "eth0").is_none(),
+        "half-made container veth kept"
+    );
+    assert!(veths(&sb.node.name).is_empty(), "half-made host veth kept");
+
+    // 3. A complete ADD whose interface the user removed by hand.
+    let a2 = sb.att(2, &pods[2]);
+    let r2: Value = rt.add(&net, &a2).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    ip(&pods[2].name, &["link", "del", "eth0"]);
+    rt.del(&net, &a2, Some(&r2))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    assert!(ip_files(&data, NET).is_empty());
+    wait_no_veths(&sb.node.name);
+}
+
+macro_rules! both {
+    ($($name:ident,)*) => {
+        mod ours {
+            use super::*;
+            $(#[test] fn $name() { if !is_root() { return; } super::$name(&Impl::ours()); })*
+        }
+        mod reference {
+            use super::*;
+            $(#[test] fn $name() {
+                if !is_root() { return; }
+                let Some(imp) = Impl::reference() else { return };
+                super::$name(&imp);
+            })*
+        }
+    };
+}
+
+both! {
+    del_twice,
+    del_after_netns_gone,
+    del_after_partial_add,
+}
+
+/// flannel: DEL twice, DEL after the netns is gone, DEL when only the cache file exists (killed after caching,
+/// before delegating), DEL after a delegate ADD that failed.
+#[test]
+fn flannel_del_idempotence() {
+    if !is_root() {
+        return;
+    }
+    let imp = Impl::ours();
+    let sb = Sandbox::new();
+    let pods = sb.pods(3);
+    let rt = sb.runtime(&imp);
+    let net = flannel_net(&sb, "1.0.0");
+    let cache = sb.path("flannel");
+    let data = sb.path("ipam");
+
+    // Twice, and after the netns is gone.
+    let a0 = sb.att(0, &pods[0]);
+    let r0 = rt.add(&net, &a0).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    let cached = std::fs::read(cache.join(&a0.container_id)).expect("cache file after ADD");
+    rt.del(&net, &a0, Some(&r0))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    rt.del(&net, &a0, Some(&r0))
+        .unwrap_or_else(|o| panic!("second DEL: {o:?}"));
+    assert!(!cache.join(&a0.container_id).exists());
+
+    let a1 = sb.att(1, &pods[1]);
+    let r1 = rt.add(&net, &a1).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    pods[1].delete();
+    rt.del(&net, &a1, Some(&r1))
+        .unwrap_or_else(|o| panic!("DEL after netns gone: {o:?}"));
+    assert!(!cache.join(&a1.container_id).exists());
+    assert!(
+        ip_files(&data, "cbr0").is_empty(),
+        "{:?}",
+        ip_files(&data, "cbr0")
+    );
+
+    // Only the cache file exists (as if killed between caching and delegating).
+    let a2 = sb.att(2, &pods[2]);
+    std::fs::write(cache.join(&a2.container_id), &cached).unwrap();
+    rt.del(&net, &a2, None)
+        .unwrap_or_else(|o| panic!("DEL with only a cache file: {o:?}"));
+    assert!(!cache.join(&a2.container_id).exists(), "cache left");
+
+    rt.del(&net, &a2, None)
+        .unwrap_or_else(|o| panic!("third DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    assert!(ip_files(&data, "cbr0").is_empty());
+    assert_eq!(
+        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0),
+        0,
+        "cache dir not empty"
+    );
+}
+
+/// flannel whose delegate ADD fails (a /30 with its only address taken): the runtime's DEL cleans everything.
+#[test]
+fn flannel_del_after_failed_delegate() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_net(&sb, "1.0.0");
+    write_subnet_env(
+        &sb.path("subnet.env"),
+        "10.244.0.0/16",
+        "10.244.3.1/30",
+        1450,
+        true,
+    );
+    let cache = sb.path("flannel");
+    let data = sb.path("ipam");
+    let p3 = sb.pod(3);
+    let p4 = sb.pod(4);
+    let a3 = sb.att(3, &p3);
+    let a4 = sb.att(4, &p4);
+    let r3 = rt.add(&net, &a3).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    let out = rt.add(&net, &a4).expect_err("exhausted");
+    out.assert_some_err();
+    rt.del(&net, &a4, None)
+        .unwrap_or_else(|o| panic!("DEL after a failed ADD: {o:?}"));
+    assert!(!cache.join(&a4.container_id).exists());
+    assert!(link(&p4.name, "eth0").is_none());
+    assert!(ip_files_of(&data, "cbr0", &a4.container_id).is_empty());
+    rt.del(&net, &a3, Some(&r3))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    assert!(ip_files(&data, "cbr0").is_empty());
+    assert_eq!(
+        std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0),
+        0,
+        "cache dir not empty"
+    );
+}
