@@ -40,10 +40,10 @@ async fn connect_store(opts: &Options) -> Result<SharedRegistry> {
         bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not available in this build yet; use etcd");
     }
     if let Some(dir) = &opts.local_store {
-        bail!(
-            "--local-store {}: the embedded store is not available in this build yet; use etcd",
-            dir.display()
-        );
+        let store = subnet::LocalRegistry::open(dir)
+            .with_context(|| format!("opening the local lease store {}", dir.display()))?;
+        info!(dir = %dir.display(), "using the local lease store");
+        return Ok(Arc::new(store));
     }
     let eo = EtcdOptions {
         endpoints: opts.etcd_endpoints.clone(),
@@ -184,7 +184,15 @@ pub async fn run(opts: Options) -> Result<Exit> {
 
     let previous = subnet_file::read(&opts.subnet_file);
     let registry = connect_store(&opts).await?;
-    let cfg = load_config(&registry).await?;
+    let cfg = load_config(&registry)
+        .await
+        .with_context(|| match &opts.local_store {
+            Some(dir) => format!("network config in the local store {}", dir.display()),
+            None => format!(
+                "network config at {}/config",
+                opts.etcd_prefix.trim_end_matches('/')
+            ),
+        })?;
     info!(network = ?cfg.network, ipv6_network = ?cfg.ipv6_network, backend = %cfg.backend_type, "network config");
     let stack = IpStack::from_enabled(cfg.enable_ipv4, cfg.enable_ipv6)?;
     if !cfg.enable_nftables

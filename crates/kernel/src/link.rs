@@ -311,7 +311,11 @@ impl Netlink {
     pub async fn rename(&self, index: u32, name: &str) -> Result<()> {
         self.handle
             .link()
-            .set(LinkUnspec::new_with_index(index).name(name.to_string()).build())
+            .set(
+                LinkUnspec::new_with_index(index)
+                    .name(name.to_string())
+                    .build(),
+            )
             .execute()
             .await
             .map_err(|e| Error::nl(format!("rename link #{index} to {name}"), e))
@@ -358,7 +362,10 @@ pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
     // SAFETY: between fork and _exit the children only call async-signal-safe functions on memory prepared above.
     unsafe {
         match libc::fork() {
-            -1 => Err(Error::io("fork to delete a link", std::io::Error::last_os_error())),
+            -1 => Err(Error::io(
+                "fork to delete a link",
+                std::io::Error::last_os_error(),
+            )),
             0 => {
                 // Child: fork again so the grandchild is reparented and never left as our zombie.
                 if libc::fork() != 0 {
@@ -371,7 +378,11 @@ pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
                     libc::dup2(null, fd);
                 }
                 if libc::setns(nsfd, libc::CLONE_NEWNET) == 0 {
-                    let s = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+                    let s = libc::socket(
+                        libc::AF_NETLINK,
+                        libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                        libc::NETLINK_ROUTE,
+                    );
                     if s >= 0 {
                         // The deletion runs inside this send, in our context; no reply is needed.
                         libc::send(s, msg.as_ptr().cast(), msg.len(), 0);

@@ -88,14 +88,29 @@ pub const NETNS_RUN_DIR: &str = "/run/netns";
 /// mount namespaces (`ip netns exec` runs in its own).
 fn prepare_run_dir() -> Result<()> {
     use nix::mount::{mount, MsFlags};
-    std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| Error::io(format!("create {NETNS_RUN_DIR}"), e))?;
-    let shared = || mount(None::<&str>, NETNS_RUN_DIR, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
+    std::fs::create_dir_all(NETNS_RUN_DIR)
+        .map_err(|e| Error::io(format!("create {NETNS_RUN_DIR}"), e))?;
+    let shared = || {
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
     if shared().is_ok() {
         return Ok(());
     }
     // Not a mount point yet: bind it onto itself first.
-    mount(Some(NETNS_RUN_DIR), NETNS_RUN_DIR, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
-        .map_err(|e| Error::io(format!("bind-mount {NETNS_RUN_DIR}"), e.into()))?;
+    mount(
+        Some(NETNS_RUN_DIR),
+        NETNS_RUN_DIR,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::io(format!("bind-mount {NETNS_RUN_DIR}"), e.into()))?;
     shared().map_err(|e| Error::io(format!("make {NETNS_RUN_DIR} shared"), e.into()))
 }
 
@@ -103,7 +118,9 @@ fn prepare_run_dir() -> Result<()> {
 pub fn create_named(name: &str) -> Result<Netns> {
     use nix::mount::{mount, MsFlags};
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(Error::Conflict(format!("invalid network namespace name {name:?}")));
+        return Err(Error::Conflict(format!(
+            "invalid network namespace name {name:?}"
+        )));
     }
     prepare_run_dir()?;
     let path = PathBuf::from(NETNS_RUN_DIR).join(name);
@@ -116,8 +133,19 @@ pub fn create_named(name: &str) -> Result<Netns> {
     let made = std::thread::spawn(move || -> Result<()> {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .map_err(|e| Error::io("unshare network namespace", e.into()))?;
-        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .map_err(|e| Error::io(format!("bind-mount namespace onto {}", target.display()), e.into()))
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("bind-mount namespace onto {}", target.display()),
+                e.into(),
+            )
+        })
     })
     .join()
     .map_err(|_| Error::Conflict("namespace creation thread panicked".into()))?;
@@ -151,6 +179,10 @@ pub fn delete_named(name: &str) -> Result<()> {
 /// Names of the namespaces under `/run/netns`.
 pub fn list_named() -> Vec<String> {
     std::fs::read_dir(NETNS_RUN_DIR)
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default()
 }

@@ -56,8 +56,9 @@ pub enum ManagerError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] RegistryError),
-    /// The network config is invalid.
-    #[error("invalid network config: {0}")]
+    /// The network config is invalid. Transparent: `ConfigError` already names the key and value, and a
+    /// prefix here plus `source()` made `{:#}` chains print the message twice.
+    #[error(transparent)]
     Config(#[from] ConfigError),
     /// No subnet is free.
     #[error(transparent)]

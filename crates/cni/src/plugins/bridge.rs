@@ -489,7 +489,9 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
 async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
     pod.set_down(index).await?;
     let tomb = host_veth_name()?.replacen("veth", "cnidel", 1);
-    if pod.rename(index, &tomb).await.is_ok() && kernel::link::delete_link_detached(ns, index).is_ok() {
+    if pod.rename(index, &tomb).await.is_ok()
+        && kernel::link::delete_link_detached(ns, index).is_ok()
+    {
         return Ok(());
     }
     pod.delete_link(index).await?;

@@ -317,8 +317,11 @@ impl Vxlan {
             let have_routes = nl.routes(v6).await?;
             let mut have_route_set: HashSet<(IpNet, Option<IpAddr>, Option<u32>)> = HashSet::new();
             for r in have_routes.iter().filter(|r| r.table == Some(254)) {
-                let ours = r.oif == Some(dev.index)
-                    || (r.oif == Some(self.local.ext_index) && r.gateway.is_some());
+                // Every route we make has a next hop (the peer's `.0` on the device, or the peer itself with
+                // DirectRouting). Next-hop-less routes on the device are the kernel's: IPv6 adds a prefix
+                // route for the device's own /128 address, which must not be reconciled away.
+                let ours = r.gateway.is_some()
+                    && (r.oif == Some(dev.index) || r.oif == Some(self.local.ext_index));
                 if !ours || !in_networks(&self.local, &r.dst) || r.blackhole {
                     continue;
                 }

@@ -1,0 +1,722 @@
+//! `flannelctl bench cni`: ADD/DEL latency of our CNI plugins against the reference plugins, in one run.
+
+use crate::netns::NamedNetns;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The spec version every subject is driven with (the reference plugins stop at 1.0.0).
+const CNI_VERSION: &str = "1.0.0";
+/// The network name.
+const NETWORK: &str = "cbr0";
+/// The cluster network the pod subnets are carved from.
+const CLUSTER_NETWORK: &str = "10.244.0.0/16";
+/// The MTU flannel would write.
+const MTU: u32 = 1450;
+
+/// Set by SIGINT/SIGTERM: stop timing, clean up, exit.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: nix::libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Pod namespaces per subject.
+    pub pods: usize,
+    /// Workers in the concurrent phase.
+    pub concurrency: usize,
+    /// Our plugin directory.
+    pub ours: PathBuf,
+    /// The reference plugin directory.
+    pub reference: PathBuf,
+    /// JSON output.
+    pub json: bool,
+}
+
+/// The directory of the running executable (where `cargo build` puts the plugins too).
+pub fn default_ours_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locate the flannelctl executable")?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .context("the flannelctl executable has no parent directory")
+}
+
+/// One thing being measured.
+struct Subject {
+    key: &'static str,
+    label: &'static str,
+    dir: PathBuf,
+    plugin: &'static str,
+    conf: Value,
+    skip: Option<String>,
+}
+
+/// Latency summary of one operation over all pods, in milliseconds.
+#[derive(Debug, Clone)]
+struct OpStats {
+    p50: f64,
+    p99: f64,
+    mean: f64,
+    max: f64,
+    count: usize,
+    wall: Duration,
+}
+
+impl OpStats {
+    fn new(mut samples: Vec<Duration>, wall: Duration) -> Self {
+        samples.sort();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let n = samples.len();
+        let rank = |p: f64| -> f64 {
+            if n == 0 {
+                return 0.0;
+            }
+            let idx = ((p * n as f64).ceil() as usize).clamp(1, n) - 1;
+            ms(samples[idx])
+        };
+        let mean = if n == 0 {
+            0.0
+        } else {
+            samples.iter().map(|d| ms(*d)).sum::<f64>() / n as f64
+        };
+        Self {
+            p50: rank(0.50),
+            p99: rank(0.99),
+            mean,
+            max: samples.last().map(|d| ms(*d)).unwrap_or(0.0),
+            count: n,
+            wall,
+        }
+    }
+
+    /// Operations per second over the phase's wall time.
+    fn per_sec(&self) -> f64 {
+        let s = self.wall.as_secs_f64();
+        if s > 0.0 {
+            self.count as f64 / s
+        } else {
+            0.0
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "p50_ms": round3(self.p50),
+            "p99_ms": round3(self.p99),
+            "mean_ms": round3(self.mean),
+            "max_ms": round3(self.max),
+            "count": self.count,
+            "wall_ms": round3(self.wall.as_secs_f64() * 1000.0),
+            "per_s": round3(self.per_sec()),
+        })
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// ADD and DEL of one phase.
+#[derive(Debug, Clone)]
+struct Phase {
+    workers: usize,
+    add: OpStats,
+    del: OpStats,
+}
+
+/// Everything measured for one subject.
+struct Report {
+    key: &'static str,
+    label: &'static str,
+    dir: PathBuf,
+    phases: Vec<Phase>,
+    error: Option<String>,
+    skipped: Option<String>,
+}
+
+/// Runs the benchmark; returns the process exit code.
+pub fn run(opts: &Options) -> Result<i32> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("bench cni needs root (it creates network namespaces, bridges and veths)");
+    }
+    if opts.pods == 0 || opts.concurrency == 0 {
+        bail!("--pods and --concurrency must be at least 1");
+    }
+    install_signal_handlers()?;
+
+    let pid = std::process::id();
+    let tmp = TempDir::create(std::env::temp_dir().join(format!("flannelctl-bench-{pid}")))?;
+    let (subnet, gateway, prefix) = pod_subnet(opts.pods)?;
+
+    let mut subjects = vec![
+        Subject {
+            key: "reference",
+            label: "reference bridge+host-local",
+            dir: opts.reference.clone(),
+            plugin: "bridge",
+            conf: bridge_conf(&subnet, &tmp.path.join("reference-ipam")),
+            skip: None,
+        },
+        Subject {
+            key: "ours-bridge",
+            label: "ours bridge+host-local",
+            dir: opts.ours.clone(),
+            plugin: "bridge",
+            conf: bridge_conf(&subnet, &tmp.path.join("ours-ipam")),
+            skip: None,
+        },
+        Subject {
+            key: "ours-flannel",
+            label: "ours flannel (in-process)",
+            dir: opts.ours.clone(),
+            plugin: "flannel",
+            conf: flannel_conf(&tmp.path.join("flannel")),
+            skip: None,
+        },
+    ];
+    let flannel_dir = tmp.path.join("flannel");
+    std::fs::create_dir_all(&flannel_dir)
+        .with_context(|| format!("create {}", flannel_dir.display()))?;
+    let env_file = flannel_dir.join("subnet.env");
+    std::fs::write(
+        &env_file,
+        format!(
+            "FLANNEL_NETWORK={CLUSTER_NETWORK}\nFLANNEL_SUBNET={gateway}/{prefix}\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"
+        ),
+    )
+    .with_context(|| format!("write {}", env_file.display()))?;
+    for s in &mut subjects {
+        let bins: &[&str] = if s.plugin == "flannel" {
+            &["flannel", "bridge", "host-local"]
+        } else {
+            &["bridge", "host-local"]
+        };
+        if let Some(missing) = bins.iter().find(|b| !s.dir.join(b).is_file()) {
+            s.skip = Some(format!("{} not found in {}", missing, s.dir.display()));
+        }
+    }
+
+    // All namespaces up front, outside every timed section: a node and N pods per subject.
+    let mut worlds = Vec::new();
+    for (k, s) in subjects.iter().enumerate() {
+        if s.skip.is_some() {
+            worlds.push(None);
+            continue;
+        }
+        if interrupted() {
+            bail!("interrupted");
+        }
+        let node = NamedNetns::create(&format!("fb{pid}n{k}"))?;
+        let mut pods = Vec::with_capacity(opts.pods);
+        for i in 0..opts.pods {
+            if interrupted() {
+                bail!("interrupted");
+            }
+            pods.push(NamedNetns::create(&format!("fb{pid}s{k}p{i}"))?);
+        }
+        worlds.push(Some((node, pods)));
+    }
+
+    let mut reports = Vec::new();
+    for (k, (s, world)) in subjects.iter().zip(&worlds).enumerate() {
+        let mut rep = Report {
+            key: s.key,
+            label: s.label,
+            dir: s.dir.clone(),
+            phases: vec![],
+            error: None,
+            skipped: s.skip.clone(),
+        };
+        if let Some((node, pods)) = world {
+            if !opts.json {
+                eprintln!("benchmarking {} ({}) ...", s.label, s.dir.display());
+            }
+            match bench_subject(s, k, node, pods, opts) {
+                Ok(phases) => rep.phases = phases,
+                Err(e) => rep.error = Some(format!("{e:#}")),
+            }
+        }
+        reports.push(rep);
+        if interrupted() {
+            break;
+        }
+    }
+
+    if opts.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&to_json(opts, &subnet, &reports)).unwrap_or_default()
+        );
+    } else {
+        print_table(opts, &subnet, &reports);
+    }
+    drop(worlds);
+    drop(tmp);
+    if interrupted() {
+        eprintln!("flannelctl: interrupted; namespaces and temporary files removed");
+        return Ok(130);
+    }
+    Ok(if reports.iter().any(|r| r.error.is_some()) {
+        2
+    } else {
+        0
+    })
+}
+
+fn install_signal_handlers() -> Result<()> {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(sig, &act) }.with_context(|| format!("install a {sig} handler"))?;
+    }
+    Ok(())
+}
+
+/// The pod subnet for `pods` attachments: a /24 when it fits, else the smallest prefix that does.
+fn pod_subnet(pods: usize) -> Result<(String, String, u8)> {
+    for prefix in (16u8..=24).rev() {
+        let capacity = (1usize << (32 - prefix)) - 3; // network, gateway, broadcast
+        if capacity >= pods {
+            let base = if prefix == 24 { "10.244.1" } else { "10.244.0" };
+            return Ok((format!("{base}.0/{prefix}"), format!("{base}.1"), prefix));
+        }
+    }
+    bail!("{pods} pods do not fit in {CLUSTER_NETWORK}")
+}
+
+/// The bridge delegate exactly as flannel renders it from our subnet.env plus the manifest's delegate block.
+fn bridge_conf(subnet: &str, data_dir: &Path) -> Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": NETWORK,
+        "type": "bridge",
+        "hairpinMode": true,
+        "isDefaultGateway": true,
+        "isGateway": true,
+        "ipMasq": false,
+        "mtu": MTU,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": data_dir,
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": CLUSTER_NETWORK}],
+        }
+    })
+}
+
+/// The flannel plugin object of the upstream manifest, every path under `dir`.
+fn flannel_conf(dir: &Path) -> Value {
+    json!({
+        "cniVersion": CNI_VERSION,
+        "name": NETWORK,
+        "type": "flannel",
+        "subnetFile": dir.join("subnet.env"),
+        "dataDir": dir.join("cache"),
+        "ipam": {"dataDir": dir.join("ipam")},
+        "delegate": {"hairpinMode": true, "isDefaultGateway": true},
+    })
+}
+
+/// How to exec one subject's plugin inside its node namespace.
+struct Exec {
+    bin: PathBuf,
+    cni_path: String,
+    node: Arc<File>,
+    conf: Value,
+    id_prefix: String,
+}
+
+impl Exec {
+    /// Runs one command for pod `i`; returns its wall time and stdout.
+    fn call(
+        &self,
+        command: &str,
+        i: usize,
+        netns: &Path,
+        prev: Option<&Value>,
+    ) -> Result<(Duration, Vec<u8>)> {
+        let mut conf = self.conf.clone();
+        if let (Some(p), Some(m)) = (prev, conf.as_object_mut()) {
+            m.insert("prevResult".into(), p.clone());
+        }
+        let stdin = conf.to_string();
+        let mut cmd = Command::new(&self.bin);
+        cmd.env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+            )
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", format!("{}{i}", self.id_prefix))
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_ARGS",
+                format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{i}"),
+            )
+            .env("CNI_PATH", &self.cni_path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            // Its own process group: a Ctrl-C reaches only us, and we finish the operation in flight cleanly.
+            .process_group(0);
+        let node = Arc::clone(&self.node);
+        // SAFETY: only the setns syscall runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sched::setns(node.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let start = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("exec {}", self.bin.display()))?;
+        if let Some(mut si) = child.stdin.take() {
+            // A plugin that exits early closes the pipe; its error output tells why.
+            let _ = si.write_all(stdin.as_bytes());
+        }
+        let out = child
+            .wait_with_output()
+            .with_context(|| format!("wait for {}", self.bin.display()))?;
+        let elapsed = start.elapsed();
+        if !out.status.success() {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            bail!(
+                "{command} of pod {i} failed ({}): {} {}",
+                out.status,
+                stdout.trim(),
+                stderr.trim()
+            );
+        }
+        Ok((elapsed, out.stdout))
+    }
+}
+
+fn bench_subject(
+    s: &Subject,
+    k: usize,
+    node: &NamedNetns,
+    pods: &[NamedNetns],
+    opts: &Options,
+) -> Result<Vec<Phase>> {
+    let node_file =
+        File::open(node.path()).with_context(|| format!("open {}", node.path().display()))?;
+    let exec = Exec {
+        bin: s.dir.join(s.plugin),
+        cni_path: s.dir.display().to_string(),
+        node: Arc::new(node_file),
+        conf: s.conf.clone(),
+        id_prefix: format!("fbench{}s{k}c", std::process::id()),
+    };
+    let mut phases = Vec::new();
+    let mut modes = vec![1, opts.concurrency.min(pods.len()).max(1)];
+    modes.dedup();
+    for workers in modes {
+        let res = run_phase(&exec, pods, workers);
+        match res {
+            Ok(p) => phases.push(p),
+            Err(e) => {
+                // A runtime always follows a failed ADD with DEL: leave the pods clean (untimed, best effort).
+                for (i, pod) in pods.iter().enumerate() {
+                    let _ = exec.call("DEL", i, pod.path(), None);
+                }
+                return Err(e);
+            }
+        }
+        if interrupted() {
+            break;
+        }
+    }
+    Ok(phases)
+}
+
+fn run_phase(exec: &Exec, pods: &[NamedNetns], workers: usize) -> Result<Phase> {
+    let results: Vec<Mutex<Option<Value>>> = pods.iter().map(|_| Mutex::new(None)).collect();
+    let add = parallel(pods.len(), workers, |i| {
+        let (d, stdout) = exec.call("ADD", i, pods[i].path(), None)?;
+        let v: Value = serde_json::from_slice(&stdout).with_context(|| {
+            format!(
+                "ADD of pod {i} printed something that is not JSON: {}",
+                String::from_utf8_lossy(&stdout)
+            )
+        })?;
+        if v.get("ips")
+            .and_then(Value::as_array)
+            .is_none_or(|a| a.is_empty())
+        {
+            bail!("ADD of pod {i} returned no IP: {v}");
+        }
+        if let Ok(mut slot) = results[i].lock() {
+            *slot = Some(v);
+        }
+        Ok(d)
+    })?;
+    let del = parallel(pods.len(), workers, |i| {
+        let prev = results[i].lock().ok().and_then(|g| g.clone());
+        let (d, _) = exec.call("DEL", i, pods[i].path(), prev.as_ref())?;
+        Ok(d)
+    })?;
+    Ok(Phase { workers, add, del })
+}
+
+/// Runs `f(0..n)` on `workers` threads; the per-call times and the phase's wall time. Stops at the first error.
+fn parallel<F>(n: usize, workers: usize, f: F) -> Result<OpStats>
+where
+    F: Fn(usize) -> Result<Duration> + Sync,
+{
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let samples = Mutex::new(Vec::with_capacity(n));
+    let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..workers.max(1) {
+            scope.spawn(|| loop {
+                if failed.load(Ordering::SeqCst) {
+                    return;
+                }
+                if interrupted() {
+                    failed.store(true, Ordering::SeqCst);
+                    if let Ok(mut e) = first_err.lock() {
+                        e.get_or_insert_with(|| anyhow::anyhow!("interrupted"));
+                    }
+                    return;
+                }
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= n {
+                    return;
+                }
+                match f(i) {
+                    Ok(d) => {
+                        if let Ok(mut s) = samples.lock() {
+                            s.push(d);
+                        }
+                    }
+                    Err(err) => {
+                        failed.store(true, Ordering::SeqCst);
+                        if let Ok(mut e) = first_err.lock() {
+                            e.get_or_insert(err);
+                        }
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let wall = start.elapsed();
+    if let Some(e) = first_err.into_inner().ok().flatten() {
+        return Err(e);
+    }
+    let samples = samples.into_inner().unwrap_or_default();
+    Ok(OpStats::new(samples, wall))
+}
+
+fn mode(workers: usize) -> String {
+    if workers == 1 {
+        "sequential".to_string()
+    } else {
+        format!("{workers} workers")
+    }
+}
+
+/// The reference's phase with the same number of workers.
+fn baseline(reports: &[Report], workers: usize) -> Option<&Phase> {
+    reports
+        .iter()
+        .find(|r| r.key == "reference")
+        .and_then(|r| r.phases.iter().find(|p| p.workers == workers))
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0 && a > 0.0).then(|| a / b)
+}
+
+fn print_table(opts: &Options, subnet: &str, reports: &[Report]) {
+    println!(
+        "CNI ADD/DEL benchmark: {} pods, concurrency {}, cniVersion {CNI_VERSION}, network {NETWORK} ({subnet})",
+        opts.pods, opts.concurrency
+    );
+    println!();
+    println!(
+        "{:<30} {:<12} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "subject", "mode", "ADD p50", "ADD p99", "DEL p50", "DEL p99", "ADD pods/s", "DEL pods/s"
+    );
+    println!("{}", "-".repeat(30 + 12 + 10 * 4 + 11 * 2 + 7));
+    for r in reports {
+        if let Some(why) = &r.skipped {
+            println!("{:<30} skipped: {why}", r.label);
+            continue;
+        }
+        for p in &r.phases {
+            println!(
+                "{:<30} {:<12} {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>7.2} ms {:>11.1} {:>11.1}",
+                r.label,
+                mode(p.workers),
+                p.add.p50,
+                p.add.p99,
+                p.del.p50,
+                p.del.p99,
+                p.add.per_sec(),
+                p.del.per_sec()
+            );
+        }
+        if let Some(e) = &r.error {
+            println!("{:<30} FAILED: {e}", r.label);
+        }
+    }
+    let mut lines = vec![];
+    for r in reports.iter().filter(|r| r.key != "reference") {
+        for p in &r.phases {
+            let Some(b) = baseline(reports, p.workers) else {
+                continue;
+            };
+            let f = |x: Option<f64>| x.map(|v| format!("{v:.1}x")).unwrap_or_else(|| "-".into());
+            lines.push(format!(
+                "{:<30} {:<12} {:>10} {:>10} {:>10} {:>10} {:>11} {:>11}",
+                r.label,
+                mode(p.workers),
+                f(ratio(b.add.p50, p.add.p50)),
+                f(ratio(b.add.p99, p.add.p99)),
+                f(ratio(b.del.p50, p.del.p50)),
+                f(ratio(b.del.p99, p.del.p99)),
+                f(ratio(p.add.per_sec(), b.add.per_sec())),
+                f(ratio(p.del.per_sec(), b.del.per_sec())),
+            ));
+        }
+    }
+    if !lines.is_empty() {
+        println!();
+        println!(
+            "speed-up against the reference (latency: reference/ours; pods/s: ours/reference)"
+        );
+        for l in lines {
+            println!("{l}");
+        }
+    }
+    for r in reports {
+        if r.skipped.is_none() {
+            println!("{}: {}", r.label, r.dir.display());
+        }
+    }
+}
+
+fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
+    let subjects: Vec<Value> = reports
+        .iter()
+        .map(|r| {
+            let phases: Vec<Value> = r
+                .phases
+                .iter()
+                .map(|p| {
+                    let mut v = json!({
+                        "workers": p.workers,
+                        "mode": mode(p.workers),
+                        "add": p.add.to_json(),
+                        "del": p.del.to_json(),
+                    });
+                    if r.key != "reference" {
+                        if let Some(b) = baseline(reports, p.workers) {
+                            v["speedup_vs_reference"] = json!({
+                                "add_p50": ratio(b.add.p50, p.add.p50).map(round3),
+                                "add_p99": ratio(b.add.p99, p.add.p99).map(round3),
+                                "del_p50": ratio(b.del.p50, p.del.p50).map(round3),
+                                "del_p99": ratio(b.del.p99, p.del.p99).map(round3),
+                                "add_per_s": ratio(p.add.per_sec(), b.add.per_sec()).map(round3),
+                                "del_per_s": ratio(p.del.per_sec(), b.del.per_sec()).map(round3),
+                            });
+                        }
+                    }
+                    v
+                })
+                .collect();
+            json!({
+                "key": r.key,
+                "label": r.label,
+                "dir": r.dir,
+                "skipped": r.skipped,
+                "error": r.error,
+                "phases": phases,
+            })
+        })
+        .collect();
+    json!({
+        "pods": opts.pods,
+        "concurrency": opts.concurrency,
+        "cniVersion": CNI_VERSION,
+        "network": NETWORK,
+        "subnet": subnet,
+        "subjects": subjects,
+    })
+}
+
+/// A temporary directory removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn create(path: PathBuf) -> Result<Self> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_nearest_rank() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        let st = OpStats::new(s, Duration::from_secs(1));
+        assert_eq!(st.p50, 50.0);
+        assert_eq!(st.p99, 99.0);
+        assert_eq!(st.max, 100.0);
+        assert_eq!(st.per_sec(), 100.0);
+        let one = OpStats::new(vec![Duration::from_millis(7)], Duration::from_millis(7));
+        assert_eq!((one.p50, one.p99), (7.0, 7.0));
+        let none = OpStats::new(vec![], Duration::ZERO);
+        assert_eq!((none.p50, none.per_sec()), (0.0, 0.0));
+    }
+
+    #[test]
+    fn subnet_grows_with_pods() {
+        assert_eq!(
+            pod_subnet(100).ok(),
+            Some(("10.244.1.0/24".into(), "10.244.1.1".into(), 24))
+        );
+        assert_eq!(pod_subnet(253).ok().map(|s| s.2), Some(24));
+        assert_eq!(pod_subnet(254).ok().map(|s| s.2), Some(23));
+        assert_eq!(pod_subnet(10_000).ok().map(|s| s.2), Some(18));
+        assert!(pod_subnet(70_000).is_err());
+    }
+}
