@@ -331,22 +331,6 @@ impl Netlink {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_roundtrip() {
-        let m = Mac::parse("0a:58:0A:f4:01:01").unwrap();
-        assert_eq!(m.to_string(), "0a:58:0a:f4:01:01");
-        assert!(Mac::parse("0a:58:0a:f4:01").is_none());
-        assert!(Mac::parse("0a:58:0a:f4:01:01:02").is_none());
-        assert!(Mac::parse("zz:58:0a:f4:01:01").is_none());
-        let r = Mac::random().unwrap();
-        assert_eq!(r.0[0] & 0x03, 0x02);
-    }
-}
-
 /// Deletes link `index` of namespace `ns` without waiting for it: the kernel's teardown of a veth waits for an RCU
 /// barrier (15–20 ms here), which a CNI DEL need not sit through once the interface is down and renamed out of the
 /// way. A detached grandchild process sends one `RTM_DELLINK` and exits; the caller returns at once.
@@ -396,5 +380,21 @@ pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_roundtrip() {
+        let m = Mac::parse("0a:58:0A:f4:01:01").unwrap();
+        assert_eq!(m.to_string(), "0a:58:0a:f4:01:01");
+        assert!(Mac::parse("0a:58:0a:f4:01").is_none());
+        assert!(Mac::parse("0a:58:0a:f4:01:01:02").is_none());
+        assert!(Mac::parse("zz:58:0a:f4:01:01").is_none());
+        let r = Mac::random().unwrap();
+        assert_eq!(r.0[0] & 0x03, 0x02);
     }
 }
