@@ -1,6 +1,7 @@
 //! CNI spec library and the flannel-rs CNI plugins (flannel, bridge, host-local, loopback).
 
 pub mod args;
+pub mod conflist;
 pub mod delegate;
 pub mod error;
 pub mod plugins;
