@@ -60,10 +60,11 @@ impl NetConfList {
             )));
         }
         for (i, p) in l.plugins.iter().enumerate() {
-            if !p
+            let typed = p
                 .get("type")
-                .is_some_and(|t| t.as_str().is_some_and(|s| !s.is_empty()))
-            {
+                .and_then(Value::as_str)
+                .is_some_and(|s| !s.is_empty());
+            if !typed {
                 return Err(CniError::config(format!(
                     "network {}: plugin {i} has no \"type\"",
                     l.name

@@ -1,6 +1,7 @@
 //! `flannelctl`: the flannel-rs command-line tool.
 
 mod bench_cni;
+mod bench_net;
 mod http;
 mod lab;
 mod netns;
@@ -85,6 +86,47 @@ enum Bench {
     /// CNI plugin latency: ADD and DEL of the same config, ours against the reference plugins.
     #[command(long_about = CNI_LONG_ABOUT)]
     Cni(CniArgs),
+    /// Pod-to-pod TCP throughput and latency across two nodes: each flanneld backend against the same path
+    /// configured by hand (kernel VXLAN, plain routing) and against a plain veth pair.
+    Dataplane {
+        /// iperf3 seconds per measurement (single TCP stream; one more second is omitted as warm-up).
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+        /// Rounds over all paths, interleaved (medians reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Convergence: a new lease in etcd -> route, neighbour and FDB entry on every node, for 3 real nodes and
+    /// for thousands of simulated peers.
+    Convergence {
+        /// Simulated peer counts, comma-separated.
+        #[arg(long, default_value = "1000,5000")]
+        peers: String,
+        /// Synthetic lease joins (and leaves) in the 3-node cluster.
+        #[arg(long, default_value_t = 20)]
+        joins: usize,
+        /// Real node joins (flanneld started on node 3) in the 3-node cluster.
+        #[arg(long, default_value_t = 5)]
+        node_joins: usize,
+        /// Runs per simulated peer count.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// flanneld's resident memory (VmRSS, VmHWM) at idle and with N peers programmed.
+    Memory {
+        /// Simulated peers.
+        #[arg(long, default_value_t = 5000)]
+        peers: usize,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 const CNI_LONG_ABOUT: &str = "\
@@ -175,6 +217,27 @@ fn main() {
                 json: a.json,
             })
         })(),
+        Command::Bench {
+            what: Bench::Dataplane { seconds, rounds, json },
+        } => bench_cni::default_ours_dir().and_then(|bins| {
+            bench_net::dataplane::run(&bench_net::dataplane::Options { seconds, rounds, bins, json })
+        }),
+        Command::Bench {
+            what: Bench::Convergence { peers, joins, node_joins, repeat, json },
+        } => bench_cni::default_ours_dir().and_then(|bins| {
+            bench_net::convergence::run(&bench_net::convergence::Options {
+                peers: bench_net::convergence::parse_peers(&peers)?,
+                joins,
+                node_joins,
+                repeat,
+                bins,
+                json,
+            })
+        }),
+        Command::Bench {
+            what: Bench::Memory { peers, json },
+        } => bench_cni::default_ours_dir()
+            .and_then(|bins| bench_net::memory::run(&bench_net::memory::Options { peers, bins, json })),
     };
     match res {
         Ok(code) => std::process::exit(code),

@@ -2,6 +2,7 @@
 //! firewall rule sets. Shared by flanneld and the CNI plugins.
 
 pub mod addr;
+pub mod bridge_vlan;
 pub mod error;
 pub mod firewall;
 pub mod ipmasq;
@@ -10,6 +11,7 @@ pub mod neigh;
 pub mod netlink;
 pub mod netns;
 pub mod route;
+pub mod spoofcheck;
 pub mod sysctl;
 pub mod vxlan;
 

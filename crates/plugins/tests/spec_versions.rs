@@ -118,7 +118,7 @@ fn lifecycle(imp: &Impl, v: &str) {
     rt.del(&net, &att, Some(&r))
         .unwrap_or_else(|o| panic!("DEL {v}: {o:?}"));
     assert!(link(&pod.name, "eth0").is_none(), "container eth0 left");
-    assert!(veths(node).is_empty(), "host veth left: {:?}", veths(node));
+    wait_no_veths(node);
     assert!(
         ip_files(&data, NET).is_empty(),
         "IP left: {:?}",
@@ -228,7 +228,7 @@ fn ours_gc_and_status() {
         rt.del(&net, a, Some(r))
             .unwrap_or_else(|o| panic!("DEL after GC: {o:?}"));
     }
-    assert!(veths(&sb.node.name).is_empty());
+    wait_no_veths(&sb.node.name);
     assert!(ip_files(&data, NET).is_empty());
 }
 

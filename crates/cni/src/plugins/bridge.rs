@@ -11,7 +11,7 @@ use crate::error::{CniError, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
 use ipnet::IpNet;
-use kernel::ipmasq;
+use kernel::{ipmasq, spoofcheck};
 use kernel::{sysctl, Link, Mac, Netlink, Netns};
 use serde::Deserialize;
 use serde_json::Value;
@@ -51,22 +51,94 @@ pub struct BridgeConf {
     /// Promiscuous mode on the bridge.
     #[serde(default)]
     pub promisc_mode: bool,
-    /// VLAN ID (0 = none).
+    /// VLAN ID (0 = none): the pod's port is an access port of this VLAN (PVID, untagged).
     #[serde(default)]
     pub vlan: u16,
-    /// MAC spoof check (accepted; not enforced yet).
+    /// Trunk VLANs (tagged) of the pod's port: `[{"id": N} | {"minID": A, "maxID": B}]`.
+    #[serde(default)]
+    pub vlan_trunk: Option<Vec<VlanTrunk>>,
+    /// Keep the bridge's default VLAN (1) on the pod's port when `vlan`/`vlanTrunk` is set.
+    #[serde(default = "default_true")]
+    pub preserve_default_vlan: bool,
+    /// Drop frames from the pod whose source MAC is not the pod interface's (nftables `bridge nat`).
     #[serde(default)]
     pub macspoofchk: bool,
     /// Keep IPv6 duplicate address detection on in the pod.
     #[serde(default)]
     pub enabledad: bool,
+    /// The trunk VLAN IDs, sorted and without duplicates (from `vlanTrunk`).
+    #[serde(skip)]
+    pub trunk_vids: Vec<u16>,
+}
+
+/// One `vlanTrunk` entry: a single `id`, or a `minID`..=`maxID` range (or both).
+#[derive(Debug, Clone, Deserialize)]
+pub struct VlanTrunk {
+    /// First VLAN of a range.
+    #[serde(rename = "minID", default)]
+    pub min_id: Option<i64>,
+    /// Last VLAN of a range.
+    #[serde(rename = "maxID", default)]
+    pub max_id: Option<i64>,
+    /// A single VLAN.
+    #[serde(default)]
+    pub id: Option<i64>,
 }
 
 fn default_bridge() -> String {
     "cni0".into()
 }
 
+fn default_true() -> bool {
+    true
+}
+
+/// Expands `vlanTrunk` into sorted unique VLAN IDs, with the reference plugin's checks and messages.
+pub fn collect_vlan_trunk(trunk: &[VlanTrunk]) -> Result<Vec<u16>, String> {
+    let valid = |v: i64| (1..=4094).contains(&v);
+    let mut set = std::collections::BTreeSet::new();
+    for t in trunk {
+        match (t.min_id, t.max_id) {
+            (Some(lo), Some(hi)) => {
+                if !valid(lo) {
+                    return Err("incorrect trunk minID parameter".into());
+                }
+                if !valid(hi) {
+                    return Err("incorrect trunk maxID parameter".into());
+                }
+                if hi < lo {
+                    return Err("minID is greater than maxID in trunk parameter".into());
+                }
+                set.extend(lo..=hi);
+            }
+            (None, Some(_)) => {
+                return Err(
+                    "minID and maxID should be configured simultaneously, minID is missing".into(),
+                )
+            }
+            (Some(_), None) => {
+                return Err(
+                    "minID and maxID should be configured simultaneously, maxID is missing".into(),
+                )
+            }
+            (None, None) => {}
+        }
+        if let Some(id) = t.id {
+            if !valid(id) {
+                return Err("incorrect trunk id parameter".into());
+            }
+            set.insert(id);
+        }
+    }
+    Ok(set.into_iter().map(|v| v as u16).collect())
+}
+
 impl BridgeConf {
+    /// Whether the bridge filters by VLAN (created so when `vlan` or `vlanTrunk` is set).
+    pub fn vlan_filtering(&self) -> bool {
+        self.vlan != 0 || self.vlan_trunk.is_some()
+    }
+
     /// Parses and validates the bridge keys of a configuration.
     pub fn from_conf(conf: &NetConf) -> Result<Self, CniError> {
         let mut c: BridgeConf = serde_json::from_value(Value::Object(conf.extra.clone()))
@@ -85,10 +157,12 @@ impl BridgeConf {
                 c.vlan
             )));
         }
-        if c.vlan != 0 {
-            return Err(CniError::new(
-                crate::error::ERR_UNSUPPORTED_FIELD,
-                format!("vlan {} is not supported yet", c.vlan),
+        if let Some(t) = &c.vlan_trunk {
+            c.trunk_vids = collect_vlan_trunk(t).map_err(CniError::config)?;
+        }
+        if c.vlan != 0 && !c.trunk_vids.is_empty() {
+            return Err(CniError::config(
+                "cannot set vlan and vlanTrunk at the same time",
             ));
         }
         kernel_ifname(&c.bridge, "bridge")?;
@@ -185,6 +259,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
 struct Undo {
     ipam: Option<String>,
     veth_in_pod: bool,
+    spoofchk: bool,
 }
 
 async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResult, CniError> {
@@ -201,6 +276,7 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
     let mut undo = Undo {
         ipam: None,
         veth_in_pod: false,
+        spoofchk: false,
     };
     match add_inner(args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
         Ok(r) => Ok(r),
@@ -221,6 +297,9 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
             if bc.ip_masq {
                 let _ = ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[]);
             }
+            if undo.spoofchk {
+                let _ = spoofcheck::teardown(&args.container_id, &args.ifname);
+            }
             Err(e)
         }
     }
@@ -239,7 +318,7 @@ async fn add_inner(
 ) -> Result<CniResult, CniError> {
     let mtu = (bc.mtu != 0).then_some(bc.mtu);
     let br = host
-        .ensure_bridge(&bc.bridge, mtu, bc.promisc_mode, bc.vlan != 0)
+        .ensure_bridge(&bc.bridge, mtu, bc.promisc_mode, bc.vlan_filtering())
         .await?;
 
     let mut result = CniResult {
@@ -279,6 +358,32 @@ async fn add_inner(
     })?;
     if bc.hairpin_mode {
         host.set_hairpin(hv.index, true).await?;
+    }
+    setup_port_vlans(
+        host,
+        hv.index,
+        bc.vlan,
+        &bc.trunk_vids,
+        bc.preserve_default_vlan,
+    )
+    .await?;
+    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
+        CniError::internal(format!(
+            "container veth {} vanished after creation",
+            args.ifname
+        ))
+    })?;
+    if bc.macspoofchk {
+        let cmac = cv.mac.ok_or_else(|| {
+            CniError::internal(format!("container veth {} has no MAC address", args.ifname))
+        })?;
+        undo.spoofchk = true;
+        spoofcheck::setup(
+            &host_name,
+            &cmac.to_string(),
+            &args.container_id,
+            &args.ifname,
+        )?;
     }
     let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
     if has_v6 {
@@ -333,12 +438,6 @@ async fn add_inner(
         }
         sysctl::set(&["net", "ipv4", "conf", &ifname, "arp_notify"], "1")
     })??;
-    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
-        CniError::internal(format!(
-            "container veth {} vanished after creation",
-            args.ifname
-        ))
-    })?;
     for ip in &result.ips {
         pod.add_address(cv.index, ip.address).await?;
     }
@@ -361,12 +460,23 @@ async fn add_inner(
         pod.add_route(&kr, false).await?;
     }
 
+    let mut vlan_if: Option<Link> = None;
     if bc.is_gateway {
         for ip in &result.ips {
             if let Some(gw) = ip.gateway {
                 let want = IpNet::new(gw, ip.address.prefix_len())
                     .map_err(|e| CniError::internal(e.to_string()))?;
-                ensure_gateway_addr(host, &br, want, bc.force_address).await?;
+                // With a VLAN the gateway lives on `<bridge>.<vlan>`, the host end of a veth whose other end is an
+                // access port of that VLAN on the bridge (as the reference plugin lays it out).
+                let gw_link = if bc.vlan != 0 {
+                    if vlan_if.is_none() {
+                        vlan_if = Some(ensure_vlan_interface(host, &br, bc).await?);
+                    }
+                    vlan_if.clone().unwrap_or_default()
+                } else {
+                    br.clone()
+                };
+                ensure_gateway_addr(host, &gw_link, want, bc.force_address).await?;
             }
         }
         let (v4, v6) = (
@@ -410,12 +520,94 @@ async fn add_inner(
             ..Default::default()
         },
     ];
+    if let Some(v) = &vlan_if {
+        result.interfaces.push(Interface {
+            name: v.name.clone(),
+            mac: v.mac.map(|m| m.to_string()).unwrap_or_default(),
+            ..Default::default()
+        });
+    }
     if let Some(d) = &conf.dns {
         if !d.is_empty() {
             result.dns = d.clone();
         }
     }
     Ok(result)
+}
+
+/// VLAN membership of a new bridge port, as the reference plugin sets it: without `preserveDefaultVlan` the
+/// port's existing VLANs (the bridge default, 1) go; `vlan` becomes its PVID and egresses untagged; trunk VLANs are
+/// added tagged.
+async fn setup_port_vlans(
+    host: &Netlink,
+    index: u32,
+    vlan: u16,
+    trunk: &[u16],
+    preserve_default: bool,
+) -> Result<(), CniError> {
+    if vlan == 0 && trunk.is_empty() {
+        return Ok(());
+    }
+    if !preserve_default {
+        for e in host.bridge_vlans(index).await? {
+            host.bridge_vlan_del(index, e.vid, false).await?;
+        }
+    }
+    if vlan != 0 {
+        host.bridge_vlan_add(index, vlan, true, true, false).await?;
+    }
+    for &v in trunk {
+        host.bridge_vlan_add(index, v, false, false, false).await?;
+    }
+    Ok(())
+}
+
+/// The gateway interface `<bridge>.<vlan>`: made once per bridge and VLAN as a veth pair in the host namespace,
+/// `<bridge>.<vlan>` holding the gateway address and its peer an access port of the VLAN on the bridge.
+async fn ensure_vlan_interface(
+    host: &Netlink,
+    br: &Link,
+    bc: &BridgeConf,
+) -> Result<Link, CniError> {
+    let name = format!("{}.{}", br.name, bc.vlan);
+    if let Some(l) = host.link_by_name(&name).await? {
+        return Ok(l);
+    }
+    let here = Netns::current()?;
+    let port = host_veth_name()?;
+    match host
+        .create_veth(&kernel::link::VethSpec {
+            host_name: &port,
+            peer_name: &name,
+            peer_netns_fd: here.raw_fd(),
+            mtu: (br.mtu != 0).then_some(br.mtu),
+            peer_mac: None,
+            controller: Some(br.index),
+        })
+        .await
+    {
+        Ok(()) => {}
+        // A concurrent ADD on the same VLAN made it first.
+        Err(kernel::Error::Conflict(m)) => {
+            return host
+                .link_by_name(&name)
+                .await?
+                .ok_or_else(|| CniError::internal(m));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let pl = host
+        .link_by_name(&port)
+        .await?
+        .ok_or_else(|| CniError::internal(format!("veth {port} vanished after creation")))?;
+    let _ = sysctl::set(&["net", "ipv6", "conf", &port, "accept_ra"], "0");
+    setup_port_vlans(host, pl.index, bc.vlan, &[], bc.preserve_default_vlan).await?;
+    let l = host
+        .link_by_name(&name)
+        .await?
+        .ok_or_else(|| CniError::internal(format!("{name} vanished after creation")))?;
+    host.set_up(l.index).await?;
+    Ok(l)
 }
 
 /// The first host address of a subnet (network + 1), the conventional gateway.
@@ -477,6 +669,10 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
     }
     if let Some(t) = ipam_type(conf) {
         delegate::run(&t, args, args.stdin.clone()).await?;
+    }
+    if bc.macspoofchk {
+        // Keyed by the attachment, so it goes even when the interface (and its namespace) already went.
+        spoofcheck::teardown(&args.container_id, &args.ifname)?;
     }
     if bc.ip_masq {
         ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])?;
@@ -675,6 +871,52 @@ mod tests {
                 .code,
             7
         );
+    }
+
+    #[test]
+    fn vlan_options() {
+        let c = BridgeConf::from_conf(&conf(r#","vlan":100"#)).unwrap();
+        assert_eq!(c.vlan, 100);
+        assert!(c.preserve_default_vlan && c.vlan_filtering());
+        let c = BridgeConf::from_conf(&conf(r#","preserveDefaultVlan":false"#)).unwrap();
+        assert!(!c.preserve_default_vlan && !c.vlan_filtering());
+        let c = BridgeConf::from_conf(&conf(
+            r#","vlanTrunk":[{"id":42},{"minID":10,"maxID":12},{"id":11}]"#,
+        ))
+        .unwrap();
+        assert_eq!(c.trunk_vids, [10, 11, 12, 42]);
+        assert!(c.vlan_filtering());
+        // An empty trunk list still makes a filtering bridge, as upstream.
+        let c = BridgeConf::from_conf(&conf(r#","vlanTrunk":[]"#)).unwrap();
+        assert!(c.trunk_vids.is_empty() && c.vlan_filtering());
+        for (extra, msg) in [
+            (
+                r#","vlan":5,"vlanTrunk":[{"id":7}]"#,
+                "cannot set vlan and vlanTrunk",
+            ),
+            (
+                r#","vlanTrunk":[{"id":4095}]"#,
+                "incorrect trunk id parameter",
+            ),
+            (
+                r#","vlanTrunk":[{"minID":0,"maxID":3}]"#,
+                "incorrect trunk minID",
+            ),
+            (
+                r#","vlanTrunk":[{"minID":1,"maxID":5000}]"#,
+                "incorrect trunk maxID",
+            ),
+            (r#","vlanTrunk":[{"maxID":3}]"#, "minID is missing"),
+            (r#","vlanTrunk":[{"minID":3}]"#, "maxID is missing"),
+            (
+                r#","vlanTrunk":[{"minID":4,"maxID":3}]"#,
+                "minID is greater than maxID",
+            ),
+        ] {
+            let e = BridgeConf::from_conf(&conf(extra)).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}");
+            assert!(e.to_string().contains(msg), "{extra}: {e}");
+        }
     }
 
     #[test]
