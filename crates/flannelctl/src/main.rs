@@ -218,12 +218,29 @@ fn main() {
             })
         })(),
         Command::Bench {
-            what: Bench::Dataplane { seconds, rounds, json },
+            what:
+                Bench::Dataplane {
+                    seconds,
+                    rounds,
+                    json,
+                },
         } => bench_cni::default_ours_dir().and_then(|bins| {
-            bench_net::dataplane::run(&bench_net::dataplane::Options { seconds, rounds, bins, json })
+            bench_net::dataplane::run(&bench_net::dataplane::Options {
+                seconds,
+                rounds,
+                bins,
+                json,
+            })
         }),
         Command::Bench {
-            what: Bench::Convergence { peers, joins, node_joins, repeat, json },
+            what:
+                Bench::Convergence {
+                    peers,
+                    joins,
+                    node_joins,
+                    repeat,
+                    json,
+                },
         } => bench_cni::default_ours_dir().and_then(|bins| {
             bench_net::convergence::run(&bench_net::convergence::Options {
                 peers: bench_net::convergence::parse_peers(&peers)?,
@@ -236,8 +253,9 @@ fn main() {
         }),
         Command::Bench {
             what: Bench::Memory { peers, json },
-        } => bench_cni::default_ours_dir()
-            .and_then(|bins| bench_net::memory::run(&bench_net::memory::Options { peers, bins, json })),
+        } => bench_cni::default_ours_dir().and_then(|bins| {
+            bench_net::memory::run(&bench_net::memory::Options { peers, bins, json })
+        }),
     };
     match res {
         Ok(code) => std::process::exit(code),
