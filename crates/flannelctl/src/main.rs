@@ -95,6 +95,9 @@ enum Bench {
         /// Rounds over all paths, interleaved (medians reported).
         #[arg(long, default_value_t = 3)]
         rounds: u32,
+        /// Also measure a second, identical hand-made path per backend (A/A control: the noise of a ratio).
+        #[arg(long)]
+        control: bool,
         /// Print the results as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -222,6 +225,7 @@ fn main() {
                 Bench::Dataplane {
                     seconds,
                     rounds,
+                    control,
                     json,
                 },
         } => bench_cni::default_ours_dir().and_then(|bins| {
@@ -230,6 +234,7 @@ fn main() {
                 rounds,
                 bins,
                 json,
+                control,
             })
         }),
         Command::Bench {

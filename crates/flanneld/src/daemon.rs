@@ -458,6 +458,8 @@ async fn reconcile_loop(
     mut rx: watch::Receiver<PeerSnapshot>,
     state: Arc<health::State>,
 ) {
+    // Whether the last reconcile pass succeeded (a failed one is retried sooner).
+    let mut last_ok = true;
     loop {
         let snap = rx.borrow_and_update().clone();
         // An unsynced snapshot means "peers unknown": acting on it could remove working routes.
@@ -498,6 +500,7 @@ async fn reconcile_loop(
                 Err(e) => warn!(error = %e, "reconcile failed; will retry"),
             }
             let ok = result.is_ok();
+            last_ok = ok;
             let list: Vec<Value> = snap
                 .leases
                 .values()
@@ -524,22 +527,17 @@ async fn reconcile_loop(
                 });
             });
         }
-        let wait = if snap.synced && backend_ok(&state) {
+        let wait = if snap.synced && last_ok {
             RESYNC
         } else {
             Duration::from_secs(1)
         };
+        // The published snapshot stays in the channel; our copy must not live on while we wait (with thousands
+        // of peers it is megabytes).
+        drop(snap);
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
     }
-}
-
-fn backend_ok(state: &health::State) -> bool {
-    state
-        .status()
-        .pointer("/lastReconcile/ok")
-        .and_then(Value::as_bool)
-        .unwrap_or(true)
 }

@@ -323,8 +323,12 @@ pub struct BulkRun {
     pub poll: Duration,
     /// RSS/HWM after programming (bytes).
     pub rss_programmed: Option<(u64, u64)>,
+    /// RSS/HWM after one GET /status (bytes).
+    pub rss_after_status: Option<(u64, u64)>,
     /// RSS/HWM after removal (bytes).
     pub rss_removed: Option<(u64, u64)>,
+    /// Single lease joins timed while the `n` peers are programmed (ms): the per-event cost at scale.
+    pub joins_at_n: Vec<f64>,
 }
 
 /// Writes `n` synthetic leases at once (one etcd transaction), waits until flanneld has programmed all of them,
@@ -335,40 +339,43 @@ pub async fn bulk(
     d: &Daemon,
     n: usize,
     settle: Duration,
+    single_joins: usize,
 ) -> Result<BulkRun> {
     let network: Ipv4Net = NETWORK.parse()?;
     let in_use = etcd.subnets_in_use().await?;
-    let peers = probe::synthetic_peers(n, network, &in_use, 0, probe::fake_public)?;
+    let mut peers =
+        probe::synthetic_peers(n + single_joins, network, &in_use, 0, probe::fake_public)?;
+    let extra = peers.split_off(n);
     let want = Want::new(&peers);
     let nodes = std::slice::from_ref(node);
     let timeout = Duration::from_secs(60 + n as u64 / 100);
     let cpu0 = probe::cpu_time(d.pid).unwrap_or_default();
     let (lease, t0) = etcd.put_all(&peers).await?;
-    let (r, poll) = probe::wait_for(
-        nodes,
-        &want,
-        true,
-        t0,
-        Duration::from_millis(2),
-        timeout,
-    )
-    .await?;
+    let (r, poll) =
+        probe::wait_for(nodes, &want, true, t0, Duration::from_millis(2), timeout).await?;
     // Let flanneld finish its pass (status, logs) before reading its CPU time.
     tokio::time::sleep(settle).await;
     let cpu1 = probe::cpu_time(d.pid).unwrap_or_default();
-    let reconcile_us = last_reconcile_us(d);
+    // Memory first: GET /status copies and serialises the whole peer list inside flanneld.
     let rss_programmed = probe::rss(d.pid);
+    let reconcile_us = last_reconcile_us(d);
+    let rss_after_status = probe::rss(d.pid);
     let r = r[0];
+    let mut joins_at_n = Vec::new();
+    for p in &extra {
+        let want = Want::new(std::slice::from_ref(p));
+        let t = etcd.create(p).await?;
+        let (j, _) =
+            probe::wait_for(nodes, &want, true, t, Duration::from_millis(1), timeout).await?;
+        joins_at_n.push(j[0].all().map(ms).unwrap_or(0.0));
+        let t = etcd.delete(&p.key()).await?;
+        probe::wait_for(nodes, &want, false, t, Duration::from_millis(1), timeout).await?;
+        // Let flanneld finish the tail of the previous event (status document) first: joins are timed at rest.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let t1 = etcd.revoke(lease).await?;
-    let (rr, _) = probe::wait_for(
-        nodes,
-        &want,
-        false,
-        t1,
-        Duration::from_millis(2),
-        timeout,
-    )
-    .await?;
+    let (rr, _) =
+        probe::wait_for(nodes, &want, false, t1, Duration::from_millis(2), timeout).await?;
     tokio::time::sleep(settle).await;
     let cpu2 = probe::cpu_time(d.pid).unwrap_or_default();
     let rss_removed = probe::rss(d.pid);
@@ -383,7 +390,9 @@ pub async fn bulk(
         reconcile_us,
         poll,
         rss_programmed,
+        rss_after_status,
         rss_removed,
+        joins_at_n,
     })
 }
 
@@ -405,7 +414,7 @@ fn simulated(world: &World, bins: &Bins, o: &Options) -> Result<Value> {
                 if !o.json {
                     eprintln!("  {n} peers, run {}/{} ...", rep + 1, o.repeat);
                 }
-                runs.push(bulk(&etcd, &node, &d, n, Duration::from_millis(500)).await?);
+                runs.push(bulk(&etcd, &node, &d, n, Duration::from_millis(500), 5).await?);
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
             let f = |g: fn(&BulkRun) -> Duration| -> Vec<f64> {
@@ -425,6 +434,7 @@ fn simulated(world: &World, bins: &Bins, o: &Options) -> Result<Value> {
                 "flanneld_cpu_remove_ms": summary(&f(|r| r.cpu_remove)),
                 "flanneld_reconcile_ms_p50": r3(median(&runs.iter().filter_map(|r| r.reconcile_us).collect::<Vec<_>>()) / 1000.0),
                 "poll_ms_p50": r3(median(&f(|r| r.poll))),
+                "join_with_n_present_ms": summary(&runs.iter().flat_map(|r| r.joins_at_n.iter().copied()).collect::<Vec<_>>()),
                 "program_samples_ms": program.iter().map(|x| r3(*x)).collect::<Vec<_>>(),
                 "target_s": (n == 5000).then_some(BULK_TARGET_S),
                 "pass": (n == 5000).then_some(worst <= BULK_TARGET_S * 1000.0),
@@ -439,7 +449,9 @@ fn g(v: &Value, p: &str) -> f64 {
 }
 
 fn print_report(out: &Value) {
-    println!("Convergence benchmark (vxlan, VNI 1; etcd in the fabric namespace; Network {NETWORK})");
+    println!(
+        "Convergence benchmark (vxlan, VNI 1; etcd in the fabric namespace; Network {NETWORK})"
+    );
     println!(
         "{}, load average {:.2} at the end",
         machine_line(&out["machine"]),
@@ -478,11 +490,17 @@ fn print_report(out: &Value) {
             &t["node_joins"]["start_to_lease_ms"],
         );
         let lj = &t["lease_joins"];
-        row("lease join: created in etcd -> entries on n1+n2+n3", &lj["join"]);
+        row(
+            "lease join: created in etcd -> entries on n1+n2+n3",
+            &lj["join"],
+        );
         row("  route in place (per node)", &lj["route_ms"]);
         row("  neighbour in place (per node)", &lj["neigh_ms"]);
         row("  FDB entry in place (per node)", &lj["fdb_ms"]);
-        row("lease leave: deleted in etcd -> entries gone on all 3", &lj["leave"]);
+        row(
+            "lease leave: deleted in etcd -> entries gone on all 3",
+            &lj["leave"],
+        );
         println!(
             "flanneld's own reconcile pass (from /status lastReconcile): p50 {:.0} us; one probe poll of 3 nodes: \
              p50 {:.0} us (the resolution)",
@@ -506,7 +524,7 @@ fn print_report(out: &Value) {
          times from the commit, median of runs (max in brackets), ms"
     );
     println!(
-        "{:>6} {:>4} {:>17} {:>9} {:>9} {:>9} {:>17} {:>10} {:>10} {:>8}",
+        "{:>6} {:>4} {:>17} {:>9} {:>9} {:>9} {:>17} {:>10} {:>10} {:>8} {:>16}",
         "peers",
         "runs",
         "all programmed",
@@ -516,11 +534,12 @@ fn print_report(out: &Value) {
         "all removed",
         "CPU prog",
         "reconcile",
-        "poll"
+        "poll",
+        "+1 join p50/p99"
     );
     for v in s["sizes"].as_array().into_iter().flatten() {
         println!(
-            "{:>6} {:>4} {:>8.0} ({:>6.0}) {:>9.0} {:>9.0} {:>9.0} {:>8.0} ({:>6.0}) {:>10.0} {:>10.0} {:>8.1}",
+            "{:>6} {:>4} {:>8.0} ({:>6.0}) {:>9.0} {:>9.0} {:>9.0} {:>8.0} ({:>6.0}) {:>10.0} {:>10.0} {:>8.1} {:>7.1}/{:>7.1}",
             v["peers"],
             v["runs"],
             g(v, "/program_ms/p50_ms"),
@@ -533,11 +552,14 @@ fn print_report(out: &Value) {
             g(v, "/flanneld_cpu_program_ms/p50_ms"),
             g(v, "/flanneld_reconcile_ms_p50"),
             g(v, "/poll_ms_p50"),
+            g(v, "/join_with_n_present_ms/p50_ms"),
+            g(v, "/join_with_n_present_ms/p99_ms"),
         );
     }
     println!(
         "CPU prog: flanneld's CPU time (user+system) while programming; reconcile: flanneld's own time for the \
-         pass (lastReconcile); poll: one netlink dump of routes+neighbours+FDB by the probe"
+         pass (lastReconcile); poll: one netlink dump of routes+neighbours+FDB by the probe; +1 join: one more \
+         lease created while the N are programmed -> its entries in place (5 per run)"
     );
     for v in s["sizes"].as_array().into_iter().flatten() {
         if let Some(pass) = v["pass"].as_bool() {

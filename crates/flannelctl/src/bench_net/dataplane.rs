@@ -17,7 +17,7 @@ const TARGET: f64 = 0.97;
 const PING_COUNT: &str = "200";
 const PING_INTERVAL: &str = "0.005";
 /// TCP request/response transactions measured (after a warm-up).
-const RR_COUNT: usize = 5000;
+const RR_COUNT: usize = 10_000;
 const RR_WARMUP: usize = 500;
 /// The flannel network of our clusters and of the hand-made paths.
 const NETWORK: &str = "10.244.0.0/16";
@@ -33,6 +33,8 @@ pub struct Options {
     pub bins: std::path::PathBuf,
     /// JSON output.
     pub json: bool,
+    /// Also measure a second, identical hand-made path per backend (an A/A control: the noise floor of a ratio).
+    pub control: bool,
 }
 
 /// A path between two pods.
@@ -55,16 +57,18 @@ struct Samples {
     ping_us: Vec<f64>,
     ping_lost: usize,
     rr_us: Vec<f64>,
-    rr_avg_per_round: Vec<f64>,
+    rr_p50_per_round: Vec<f64>,
     errors: Vec<String>,
 }
 
-/// (ours, hand-made baseline) pairs that the targets apply to.
-const PAIRS: [(&str, &str); 4] = [
+/// (ours, hand-made baseline) pairs that the targets apply to, then the A/A controls.
+const PAIRS: [(&str, &str); 6] = [
     ("ours-vxlan", "hand-vxlan"),
     ("ours-vxlan-masq", "hand-vxlan"),
     ("ours-host-gw", "hand-host-gw"),
     ("ours-host-gw-masq", "hand-host-gw"),
+    ("hand-vxlan-b", "hand-vxlan"),
+    ("hand-host-gw-b", "hand-host-gw"),
 ];
 
 /// Runs the benchmark; returns the exit code.
@@ -82,12 +86,14 @@ pub fn run(o: &Options) -> Result<i32> {
         eprintln!("{}", machine_line(&m));
         eprintln!("building: plain veth, hand-made vxlan, hand-made routing, flanneld vxlan and host-gw clusters ...");
     }
-    let subjects = match build_all(&world, &bins) {
+    let subjects = match build_all(&world, &bins, o.control) {
         Ok(s) => s,
         Err(e) => {
             if super::interrupted() {
                 drop(world);
-                eprintln!("flannelctl: interrupted; namespaces, processes and temporary files removed");
+                eprintln!(
+                    "flannelctl: interrupted; namespaces, processes and temporary files removed"
+                );
                 return Ok(130);
             }
             return Err(e);
@@ -138,12 +144,18 @@ pub fn run(o: &Options) -> Result<i32> {
     })
 }
 
-fn build_all(world: &World, bins: &Bins) -> Result<Vec<Subject>> {
+fn build_all(world: &World, bins: &Bins, control: bool) -> Result<Vec<Subject>> {
     let mut v = vec![build_veth(world)?];
-    v.push(build_hand(world, true)?);
-    v.extend(build_ours(world, bins, "vxlan")?);
-    v.push(build_hand(world, false)?);
-    v.extend(build_ours(world, bins, "host-gw")?);
+    for vxlan in [true, false] {
+        v.push(build_hand(world, vxlan, false)?);
+        let ours = build_ours(world, bins, if vxlan { "vxlan" } else { "host-gw" })?;
+        let mut ours = ours.into_iter();
+        v.extend(ours.next());
+        if control {
+            v.push(build_hand(world, vxlan, true)?);
+        }
+        v.extend(ours);
+    }
     for s in &v {
         wait_reachable(s)?;
     }
@@ -181,8 +193,13 @@ fn hand_mac(i: usize) -> String {
 /// pod on a veth (hairpin on, as our bridge plugin makes it), forwarding on, and either a VXLAN device exactly as
 /// flanneld makes it (VNI 1, dstport 8472, nolearning, MTU 1450, the subnet's .0/32 on it, and per peer a
 /// permanent neighbour, an FDB entry and an onlink route) or plain routes via the peer's underlay address.
-fn build_hand(world: &World, vxlan: bool) -> Result<Subject> {
-    let name = if vxlan { "hv" } else { "hr" };
+fn build_hand(world: &World, vxlan: bool, copy: bool) -> Result<Subject> {
+    let name = match (vxlan, copy) {
+        (true, false) => "hv",
+        (true, true) => "hv2",
+        (false, false) => "hr",
+        (false, true) => "hr2",
+    };
     let u = Underlay::build(world, name, 2)?;
     let mtu: u32 = if vxlan { 1450 } else { 1500 };
     let mtu_s = mtu.to_string();
@@ -246,8 +263,8 @@ fn build_hand(world: &World, vxlan: bool) -> Result<Subject> {
         ip(&["-n", node, "link", "set", "cni0", "up"])?;
         let pod = world.netns(&format!("{name}-p{i}"))?;
         ip(&[
-            "-n", node, "link", "add", "veth0", "mtu", &mtu_s, "type", "veth", "peer", "name", "eth0",
-            "mtu", &mtu_s, "netns", &pod,
+            "-n", node, "link", "add", "veth0", "mtu", &mtu_s, "type", "veth", "peer", "name",
+            "eth0", "mtu", &mtu_s, "netns", &pod,
         ])?;
         ip(&["-n", node, "link", "set", "veth0", "master", "cni0", "up"])?;
         bridge(&["-n", node, "link", "set", "dev", "veth0", "hairpin", "on"])?;
@@ -330,13 +347,15 @@ fn build_hand(world: &World, vxlan: bool) -> Result<Subject> {
             ])?;
         }
     }
+    let (key, label) = match (vxlan, copy) {
+        (true, false) => ("hand-vxlan", "hand-made kernel vxlan"),
+        (true, true) => ("hand-vxlan-b", "hand-made kernel vxlan (A/A copy)"),
+        (false, false) => ("hand-host-gw", "hand-made plain routing"),
+        (false, true) => ("hand-host-gw-b", "hand-made plain routing (A/A copy)"),
+    };
     Ok(Subject {
-        key: if vxlan { "hand-vxlan" } else { "hand-host-gw" },
-        label: if vxlan {
-            "hand-made kernel vxlan"
-        } else {
-            "hand-made plain routing"
-        },
+        key,
+        label,
         client: pods[0].clone(),
         server: pods[1].clone(),
         server_ip: Ipv4Addr::new(10, 244, 2, 2),
@@ -393,7 +412,11 @@ fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>>
             mtu,
         },
         Subject {
-            key: if vx { "ours-vxlan-masq" } else { "ours-host-gw-masq" },
+            key: if vx {
+                "ours-vxlan-masq"
+            } else {
+                "ours-host-gw-masq"
+            },
             label: if vx {
                 "ours: vxlan, --ip-masq + fwd rules"
             } else {
@@ -437,7 +460,7 @@ fn measure(world: &World, s: &Subject, o: &Options, out: &mut Samples) -> Result
     out.ping_us.extend(ping);
     out.ping_lost += lost;
     let rr = tcp_rr(s)?;
-    out.rr_avg_per_round.push(mean(&rr));
+    out.rr_p50_per_round.push(median(&rr));
     out.rr_us.extend(rr);
     Ok(())
 }
@@ -447,6 +470,15 @@ fn measure(world: &World, s: &Subject, o: &Options, out: &mut Samples) -> Result
 fn iperf(world: &World, s: &Subject, seconds: u32) -> Result<(f64, f64)> {
     let mut srv = command_in(&s.server, "iperf3")?;
     srv.args(["-s", "-1", "-p", "5201"]);
+    // Client and server pinned to different CPUs (when there are two): otherwise the scheduler's placement
+    // makes single runs bimodal.
+    let pin = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        >= 2;
+    if pin {
+        srv.args(["-A", "1"]);
+    }
     let label = format!("iperf3-{}", s.key);
     let pid = world.spawn(&label, srv)?;
     let res = (|| -> Result<(f64, f64)> {
@@ -455,8 +487,19 @@ fn iperf(world: &World, s: &Subject, seconds: u32) -> Result<(f64, f64)> {
         loop {
             check_interrupt()?;
             let mut c = command_in(&s.client, "iperf3")?;
-            c.args(["-c", &s.server_ip.to_string(), "-p", "5201", "-O", "1", "-J"])
-                .args(["-t", &seconds.to_string()]);
+            c.args([
+                "-c",
+                &s.server_ip.to_string(),
+                "-p",
+                "5201",
+                "-O",
+                "1",
+                "-J",
+            ])
+            .args(["-t", &seconds.to_string()]);
+            if pin {
+                c.args(["-A", "0"]);
+            }
             let out = run_bounded(&mut c, Duration::from_secs(u64::from(seconds) + 30))?;
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             if let Some(bps) = v
@@ -553,11 +596,9 @@ fn tcp_rr(s: &Subject) -> Result<Vec<f64>> {
             .map_err(|_| anyhow!("the RR server did not start"))?;
         let client = sc.spawn(move || -> Result<Vec<f64>> {
             cli_ns.enter()?;
-            let mut c = TcpStream::connect_timeout(
-                &SocketAddr::from((ip, port)),
-                Duration::from_secs(5),
-            )
-            .context("connect to the RR server")?;
+            let mut c =
+                TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_secs(5))
+                    .context("connect to the RR server")?;
             c.set_nodelay(true)?;
             c.set_read_timeout(Some(Duration::from_secs(5)))?;
             let mut b = [7u8; 1];
@@ -623,13 +664,18 @@ fn to_json(o: &Options, m: &Value, subjects: &[Subject], samples: &[Samples]) ->
         // Per-round ratios (ours and its baseline run next to each other), then the median: drift of the
         // machine's load between rounds cancels out.
         let per_round = |a: &[f64], b: &[f64]| -> Vec<f64> {
-            a.iter()
-                .zip(b)
-                .filter_map(|(x, y)| ratio(*x, *y))
-                .collect()
+            a.iter().zip(b).filter_map(|(x, y)| ratio(*x, *y)).collect()
         };
-        let tput = median(&per_round(&os.gbps, &hs.gbps));
-        let rr = median(&per_round(&hs.rr_avg_per_round, &os.rr_avg_per_round));
+        let tput_rounds = sorted(&per_round(&os.gbps, &hs.gbps));
+        let rr_rounds = sorted(&per_round(&hs.rr_p50_per_round, &os.rr_p50_per_round));
+        let tput = median(&tput_rounds);
+        let rr = median(&rr_rounds);
+        let range = |v: &[f64]| {
+            json!([
+                r3(v.first().copied().unwrap_or(0.0)),
+                r3(v.last().copied().unwrap_or(0.0))
+            ])
+        };
         let ping = ratio(mean(&hs.ping_us), mean(&os.ping_us)).unwrap_or(0.0);
         let vs_veth = veth
             .map(|v| median(&per_round(&os.gbps, &samples[v].gbps)))
@@ -638,13 +684,16 @@ fn to_json(o: &Options, m: &Value, subjects: &[Subject], samples: &[Samples]) ->
             "ours": ours,
             "baseline": hand,
             "throughput_ours_over_hand": r3(tput),
+            "throughput_ours_over_hand_range": range(&tput_rounds),
             "rr_latency_hand_over_ours": r3(rr),
+            "rr_latency_hand_over_ours_range": range(&rr_rounds),
             "ping_latency_hand_over_ours": r3(ping),
             "throughput_ours_over_veth": r3(vs_veth),
             "target": TARGET,
             "throughput_pass": tput >= TARGET,
             "latency_pass": rr >= TARGET,
             "same_kernel_path": !ours.ends_with("-masq"),
+            "control": ours.starts_with("hand-"),
         }));
     }
     json!({
@@ -653,7 +702,7 @@ fn to_json(o: &Options, m: &Value, subjects: &[Subject], samples: &[Samples]) ->
         "seconds": o.seconds,
         "rounds": o.rounds,
         "tools": {
-            "throughput": format!("iperf3 -c -t {} -O 1 -J (single TCP stream), pod on node 1 -> pod on node 2", o.seconds),
+            "throughput": format!("iperf3 -c -t {} -O 1 -J -A 0 / -s -A 1 (single TCP stream, client and server pinned to CPUs 0 and 1), pod on node 1 -> pod on node 2", o.seconds),
             "ping": format!("ping -c {PING_COUNT} -i {PING_INTERVAL}"),
             "rr": format!("TCP request/response, 1 byte each way, {RR_COUNT} transactions after {RR_WARMUP} warm-up, TCP_NODELAY"),
         },
@@ -685,17 +734,17 @@ fn print_table(out: &Value) {
     );
     println!();
     println!(
-        "{:<38} {:>5} {:>23} {:>8} {:>9} {:>9} {:>8} {:>8}",
-        "path", "MTU", "Gbit/s", "retrans", "ping avg", "ping p99", "RR avg", "RR p99"
+        "{:<38} {:>5} {:>23} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8}",
+        "path", "MTU", "Gbit/s", "retrans", "ping avg", "ping p99", "RR avg", "RR p50", "RR p99"
     );
-    println!("{}", "-".repeat(38 + 5 + 23 + 8 + 9 * 2 + 8 * 2 + 7));
+    println!("{}", "-".repeat(38 + 5 + 23 + 8 + 9 * 2 + 8 * 3 + 8));
     for s in out["subjects"].as_array().into_iter().flatten() {
         let retrans: f64 = s["retransmits"]
             .as_array()
             .map(|a| a.iter().filter_map(Value::as_f64).sum::<f64>())
             .unwrap_or(0.0);
         println!(
-            "{:<38} {:>5} {:>7.2} ({:>5.2}-{:>5.2}) {:>8.0} {:>6.0} us {:>6.0} us {:>5.0} us {:>5.0} us",
+            "{:<38} {:>5} {:>7.2} ({:>5.2}-{:>5.2}) {:>8.0} {:>6.0} us {:>6.0} us {:>5.0} us {:>5.0} us {:>5.0} us",
             s["label"].as_str().unwrap_or(""),
             s["mtu"],
             f(s, "gbps_median"),
@@ -705,6 +754,7 @@ fn print_table(out: &Value) {
             f(s, "ping_avg_us"),
             f(s, "ping_p99_us"),
             f(s, "rr_avg_us"),
+            f(s, "rr_p50_us"),
             f(s, "rr_p99_us"),
         );
         for e in s["errors"].as_array().into_iter().flatten() {
@@ -713,24 +763,32 @@ fn print_table(out: &Value) {
     }
     println!();
     println!(
-        "ratios (median of per-round ratios; target >= {TARGET}: throughput ours/hand, latency hand/ours)"
+        "ratios: median of the per-round ratios (range over rounds in brackets); target >= {TARGET}: throughput \
+         ours/hand, latency hand/ours (TCP RR p50 of each round; ping is informational)"
     );
     println!(
-        "{:<22} {:<14} {:>15} {:>15} {:>15} {:>12}   verdict",
-        "ours", "vs", "tput ours/hand", "RR hand/ours", "ping hand/ours", "tput /veth"
+        "{:<18} {:<13} {:>21} {:>21} {:>8} {:>7}   verdict",
+        "ours", "vs", "tput ours/hand", "RR hand/ours", "ping h/o", "tput/veth"
     );
     for r in out["ratios"].as_array().into_iter().flatten() {
-        let note = if r["same_kernel_path"].as_bool().unwrap_or(true) {
+        let note = if r["control"].as_bool().unwrap_or(false) {
+            " (A/A control: two identical hand-made paths, i.e. the noise)"
+        } else if r["same_kernel_path"].as_bool().unwrap_or(true) {
             ""
         } else {
             " (extra netfilter rules vs the baseline: informational)"
         };
+        let rg = |k: &str, i: usize| r[k][i].as_f64().unwrap_or(0.0);
         println!(
-            "{:<22} {:<14} {:>15.3} {:>15.3} {:>15.3} {:>12.3}   throughput {}, latency {}{note}",
+            "{:<18} {:<13} {:>6.3} ({:.2}-{:.2}) {:>6.3} ({:.2}-{:.2}) {:>8.3} {:>9.3}   throughput {}, latency {}{note}",
             r["ours"].as_str().unwrap_or(""),
             r["baseline"].as_str().unwrap_or(""),
             f(r, "throughput_ours_over_hand"),
+            rg("throughput_ours_over_hand_range", 0),
+            rg("throughput_ours_over_hand_range", 1),
             f(r, "rr_latency_hand_over_ours"),
+            rg("rr_latency_hand_over_ours_range", 0),
+            rg("rr_latency_hand_over_ours_range", 1),
             f(r, "ping_latency_hand_over_ours"),
             f(r, "throughput_ours_over_veth"),
             verdict(r["throughput_pass"].as_bool().unwrap_or(false)),

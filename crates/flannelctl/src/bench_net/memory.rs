@@ -62,7 +62,7 @@ pub fn run(o: &Options) -> Result<i32> {
     let run = block_on_in(&sim.u.fabric, || async move {
         let etcd = Etcd::connect().await?;
         let node = NodeProbe::open(&d.ns).await?;
-        bulk(&etcd, &node, &d, n, Duration::from_secs(2)).await
+        bulk(&etcd, &node, &d, n, Duration::from_secs(2), 0).await
     });
     if super::interrupted() {
         drop(world);
@@ -78,6 +78,7 @@ pub fn run(o: &Options) -> Result<i32> {
         "measured": [
             entry("idle (ready, no peers)", Some(idle)),
             entry(&format!("{} peers programmed", o.peers), at_n),
+            entry("  then one GET /status (flannelctl status)", run.rss_after_status),
             entry(&format!("after the {} leases were revoked", o.peers), run.rss_removed),
         ],
         "program_ms": r3(run.program.as_secs_f64() * 1000.0),
@@ -97,7 +98,10 @@ pub fn run(o: &Options) -> Result<i32> {
         );
         println!("{}", machine_line(&out["machine"]));
         println!();
-        println!("{:<44} {:>12} {:>12}", "state (measured)", "VmRSS MiB", "VmHWM MiB");
+        println!(
+            "{:<44} {:>12} {:>12}",
+            "state (measured)", "VmRSS MiB", "VmHWM MiB"
+        );
         for e in out["measured"].as_array().into_iter().flatten() {
             println!(
                 "{:<44} {:>12.2} {:>12.2}",
@@ -127,7 +131,11 @@ pub fn run(o: &Options) -> Result<i32> {
             println!(
                 "        peak (VmHWM) {:.2} MB {} the same bound",
                 hwm as f64 / 1e6,
-                if hwm <= TARGET_BYTES { "is within" } else { "exceeds" }
+                if hwm <= TARGET_BYTES {
+                    "is within"
+                } else {
+                    "exceeds"
+                }
             );
         }
         println!(

@@ -174,8 +174,18 @@ pub fn run_bounded(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             buf
         })
     };
-    let out_t = drain(child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
-    let err_t = drain(child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>));
+    let out_t = drain(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err_t = drain(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(st) = child.try_wait()? {
@@ -306,8 +316,8 @@ impl World {
     pub fn spawn(&self, label: &str, mut cmd: Command) -> Result<u32> {
         check_interrupt()?;
         let log_path = self.dir.join(format!("{label}.log"));
-        let log = File::create(&log_path)
-            .with_context(|| format!("create {}", log_path.display()))?;
+        let log =
+            File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
         cmd.stdout(log.try_clone()?).stderr(log);
         let child = cmd
             .spawn()
@@ -565,7 +575,12 @@ pub fn start_etcd(world: &World, u: &Underlay, label: &str, config: &str) -> Res
     cmd.args(["--name", "fbn"])
         .arg("--data-dir")
         .arg(&data)
-        .args(["--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL])
+        .args([
+            "--listen-client-urls",
+            ETCD_URL,
+            "--advertise-client-urls",
+            ETCD_URL,
+        ])
         .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
         .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
         .args(["--initial-cluster", "fbn=http://127.0.0.1:2380"])
@@ -613,7 +628,13 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts flanneld in `ns` against the fabric's etcd with `extra` flags (no wait).
-    pub fn start(world: &World, bins: &Bins, ns: &str, label: &str, extra: &[&str]) -> Result<Self> {
+    pub fn start(
+        world: &World,
+        bins: &Bins,
+        ns: &str,
+        label: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let env = world.dir.join(format!("{label}.env"));
         let mut cmd = command_in(ns, &bins.flanneld)?;
         cmd.arg(format!("--etcd-endpoints={ETCD_URL}"))
