@@ -470,15 +470,6 @@ fn measure(world: &World, s: &Subject, o: &Options, out: &mut Samples) -> Result
 fn iperf(world: &World, s: &Subject, seconds: u32) -> Result<(f64, f64)> {
     let mut srv = command_in(&s.server, "iperf3")?;
     srv.args(["-s", "-1", "-p", "5201"]);
-    // Client and server pinned to different CPUs (when there are two): otherwise the scheduler's placement
-    // makes single runs bimodal.
-    let pin = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        >= 2;
-    if pin {
-        srv.args(["-A", "1"]);
-    }
     let label = format!("iperf3-{}", s.key);
     let pid = world.spawn(&label, srv)?;
     let res = (|| -> Result<(f64, f64)> {
@@ -497,9 +488,6 @@ fn iperf(world: &World, s: &Subject, seconds: u32) -> Result<(f64, f64)> {
                 "-J",
             ])
             .args(["-t", &seconds.to_string()]);
-            if pin {
-                c.args(["-A", "0"]);
-            }
             let out = run_bounded(&mut c, Duration::from_secs(u64::from(seconds) + 30))?;
             let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
             if let Some(bps) = v
@@ -702,7 +690,7 @@ fn to_json(o: &Options, m: &Value, subjects: &[Subject], samples: &[Samples]) ->
         "seconds": o.seconds,
         "rounds": o.rounds,
         "tools": {
-            "throughput": format!("iperf3 -c -t {} -O 1 -J -A 0 / -s -A 1 (single TCP stream, client and server pinned to CPUs 0 and 1), pod on node 1 -> pod on node 2", o.seconds),
+            "throughput": format!("iperf3 -c -t {} -O 1 -J (single TCP stream), pod on node 1 -> pod on node 2", o.seconds),
             "ping": format!("ping -c {PING_COUNT} -i {PING_INTERVAL}"),
             "rr": format!("TCP request/response, 1 byte each way, {RR_COUNT} transactions after {RR_WARMUP} warm-up, TCP_NODELAY"),
         },

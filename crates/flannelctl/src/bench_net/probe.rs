@@ -434,7 +434,14 @@ pub async fn wait_for(
                 detail.join("; ")
             );
         }
-        tokio::time::sleep(interval.max(took * 3)).await;
+        let pause = interval.max(took * 3);
+        if pause < Duration::from_millis(2) {
+            // tokio's timer has millisecond granularity (a 1 ms sleep lasts up to 2 ms); short pauses block the
+            // thread instead (nothing else of ours needs to run while we wait).
+            std::thread::sleep(pause);
+        } else {
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
