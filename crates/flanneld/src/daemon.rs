@@ -11,12 +11,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use cni::plugins::flannel::SubnetEnv;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::Netlink;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subnet::{
-    Backoff, EtcdOptions, EtcdRegistry, Lease, LeaseAttrs, LeaseEnd, LeaseManager, ManagerOptions,
+    Backoff, EtcdOptions, EtcdRegistry, LeaseAttrs, LeaseEnd, LeaseManager, ManagerOptions,
     NetworkConfig, PeerSnapshot, PeerWatchOptions, PeerWatcher, SharedRegistry, SubnetKey,
     NO_IPV4_SUBNET,
 };
@@ -25,6 +25,10 @@ use tracing::{debug, error, info, warn};
 
 /// How often the reconciler re-checks the kernel even without lease events.
 const RESYNC: Duration = Duration::from_secs(10);
+
+/// Kernel entries changed in one pass above which freed heap is handed back to the kernel (the pass's dumps and
+/// work lists are transient; without this the allocator keeps their pages resident).
+const TRIM_AFTER: usize = 256;
 
 /// Why the daemon stopped.
 #[derive(Debug, PartialEq, Eq)]
@@ -87,19 +91,6 @@ async fn load_config(reg: &SharedRegistry) -> Result<NetworkConfig> {
             }
             Err(e) => return Err(anyhow!(e)),
         }
-    }
-}
-
-/// A lease as the backends see a peer.
-pub fn to_peer(l: &Lease) -> Peer {
-    Peer {
-        subnet: (l.subnet != NO_IPV4_SUBNET).then_some(l.subnet),
-        ipv6_subnet: l.ipv6_subnet,
-        public_ip: (!l.attrs.public_ip.is_unspecified()).then_some(l.attrs.public_ip),
-        public_ipv6: l.attrs.public_ipv6,
-        backend_type: l.attrs.backend_type.clone(),
-        backend_data: l.attrs.backend_data.clone().unwrap_or(Value::Null),
-        backend_v6_data: l.attrs.backend_v6_data.clone().unwrap_or(Value::Null),
     }
 }
 
@@ -318,7 +309,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
     };
     subnet_file::write(&opts.subnet_file, &env)
         .with_context(|| format!("writing subnet file {}", opts.subnet_file.display()))?;
-    state.set_status(json!({
+    state.set_base(json!({
         "node": {
             "subnet": local.subnet.map(|s| s.to_string()),
             "ipv6Subnet": local.ipv6_subnet.map(|s| s.to_string()),
@@ -339,7 +330,6 @@ pub async fn run(opts: Options) -> Result<Exit> {
             "EnableNFTables": cfg.enable_nftables,
             "Backend": cfg.backend,
         },
-        "peers": [],
     }));
     state.set_ready(true);
     sd_notify_ready();
@@ -352,6 +342,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
         PeerWatchOptions::default(),
     );
     let rx = watcher.subscribe();
+    state.set_peers(watcher.subscribe());
     let reconciler = tokio::spawn(reconcile_loop(
         backend,
         nl.clone(),
@@ -461,9 +452,23 @@ async fn reconcile_loop(
     // Whether the last reconcile pass succeeded (a failed one is retried sooner).
     let mut last_ok = true;
     loop {
-        let snap = rx.borrow_and_update().clone();
+        // Only what the pass needs is copied out of the snapshot (a compact peer list and the keys); the snapshot
+        // itself stays shared with the watcher and /status.
+        let (synced, generation, revision, peers, keys) = {
+            let snap = rx.borrow_and_update();
+            (
+                snap.synced,
+                snap.generation,
+                snap.revision,
+                snap.leases
+                    .values()
+                    .map(Peer::from_lease)
+                    .collect::<Vec<_>>(),
+                snap.leases.keys().copied().collect::<Vec<SubnetKey>>(),
+            )
+        };
         // An unsynced snapshot means "peers unknown": acting on it could remove working routes.
-        if snap.synced {
+        if synced {
             match backend.devices_present(&nl).await {
                 Ok(true) => {}
                 Ok(false) => {
@@ -479,19 +484,22 @@ async fn reconcile_loop(
                 }
                 Err(e) => warn!(error = %e, "checking backend devices failed"),
             }
-            let peers: Vec<Peer> = snap.leases.values().map(to_peer).collect();
             let t = Instant::now();
             let result = backend.reconcile(&nl, &peers).await;
             let took = t.elapsed();
+            let mut busy = false;
             match &result {
-                Ok(r) if r.added + r.removed > 0 => info!(
-                    peers = peers.len(),
-                    added = r.added,
-                    removed = r.removed,
-                    skipped = r.skipped,
-                    generation = snap.generation,
-                    "reconciled in {took:?}"
-                ),
+                Ok(r) if r.added + r.removed > 0 => {
+                    busy = r.added + r.removed >= TRIM_AFTER;
+                    info!(
+                        peers = peers.len(),
+                        added = r.added,
+                        removed = r.removed,
+                        skipped = r.skipped,
+                        generation,
+                        "reconciled in {took:?}"
+                    )
+                }
                 Ok(r) => debug!(
                     peers = peers.len(),
                     skipped = r.skipped,
@@ -499,42 +507,26 @@ async fn reconcile_loop(
                 ),
                 Err(e) => warn!(error = %e, "reconcile failed; will retry"),
             }
-            let ok = result.is_ok();
-            last_ok = ok;
-            let list: Vec<Value> = snap
-                .leases
-                .values()
-                .map(|l| {
-                    json!({
-                        "subnet": (l.subnet != NO_IPV4_SUBNET).then(|| l.subnet.to_string()),
-                        "ipv6Subnet": l.ipv6_subnet.map(|s| s.to_string()),
-                        "publicIP": l.attrs.public_ip.to_string(),
-                        "publicIPv6": l.attrs.public_ipv6.map(|a| a.to_string()),
-                        "backendType": l.attrs.backend_type,
-                        "backendData": l.attrs.backend_data,
-                        "programmed": ok && l.attrs.backend_type == backend.type_name(),
-                    })
-                })
-                .collect();
-            state.update_status(|s| {
-                s["peers"] = Value::Array(list);
-                s["lastReconcile"] = json!({
-                    "generation": snap.generation,
-                    "revision": snap.revision,
-                    "ok": ok,
-                    "error": result.as_ref().err().map(|e| e.to_string()),
-                    "micros": took.as_micros() as u64,
-                });
+            last_ok = result.is_ok();
+            drop(peers);
+            state.set_last_reconcile(health::LastReconcile {
+                generation,
+                revision,
+                ok: last_ok,
+                error: result.as_ref().err().map(|e| e.to_string()),
+                micros: took.as_micros() as u64,
+                backend_type: backend.type_name(),
+                keys,
             });
+            if busy {
+                crate::memory::release_free_heap();
+            }
         }
-        let wait = if snap.synced && last_ok {
+        let wait = if synced && last_ok {
             RESYNC
         } else {
             Duration::from_secs(1)
         };
-        // The published snapshot stays in the channel; our copy must not live on while we wait (with thousands
-        // of peers it is megabytes).
-        drop(snap);
         tokio::select! {
             r = rx.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(wait) => {}

@@ -3,22 +3,52 @@
 //! `/readyz` answers 503 until subnet.env is written and the traffic rules are in place, so a kubelet readiness
 //! probe (and the CNI plugin's "is flanneld running?" error) line up. `/status` is our addition: the daemon's view
 //! of its lease and peers as JSON, read by `flannelctl status`.
+//!
+//! The status document is rendered on request, straight from the peer watcher's snapshot into the response
+//! bytes: with thousands of peers a kept `serde_json::Value` tree (and a copy per request) cost more memory than
+//! everything else the daemon holds.
 
 use axum::extract::State as AxState;
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Router;
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
+use subnet::{Lease, PeerSnapshot, SubnetKey, NO_IPV4_SUBNET};
+use tokio::sync::watch;
+
+/// The outcome of the reconciler's last pass.
+#[derive(Debug, Clone, Default)]
+pub struct LastReconcile {
+    /// Snapshot generation the pass worked from.
+    pub generation: u64,
+    /// Store revision of that snapshot.
+    pub revision: i64,
+    /// Whether every kernel step succeeded.
+    pub ok: bool,
+    /// The first error, when not ok.
+    pub error: Option<String>,
+    /// How long the pass took.
+    pub micros: u64,
+    /// The backend type it programmed (`vxlan`, `host-gw`).
+    pub backend_type: &'static str,
+    /// Keys of the peers the pass saw, sorted (a peer that joined after it is not programmed yet).
+    pub keys: Vec<SubnetKey>,
+}
 
 /// Shared daemon state the endpoints read.
 #[derive(Default)]
 pub struct State {
     ready: AtomicBool,
-    status: RwLock<Value>,
+    /// `node` and `config` sections (small, fixed after start).
+    base: RwLock<Value>,
+    peers: RwLock<Option<watch::Receiver<PeerSnapshot>>>,
+    last: RwLock<Option<LastReconcile>>,
 }
 
 impl State {
@@ -32,23 +62,123 @@ impl State {
         self.ready.load(Ordering::SeqCst)
     }
 
-    /// Replaces the status document.
-    pub fn set_status(&self, v: Value) {
-        if let Ok(mut s) = self.status.write() {
+    /// Sets the fixed part of the status document (an object: `node`, `config`).
+    pub fn set_base(&self, v: Value) {
+        if let Ok(mut s) = self.base.write() {
             *s = v;
         }
     }
 
-    /// Edits the status document in place.
-    pub fn update_status(&self, f: impl FnOnce(&mut Value)) {
-        if let Ok(mut s) = self.status.write() {
-            f(&mut s);
+    /// Where the peer list comes from.
+    pub fn set_peers(&self, rx: watch::Receiver<PeerSnapshot>) {
+        if let Ok(mut s) = self.peers.write() {
+            *s = Some(rx);
         }
     }
 
-    /// A copy of the status document.
+    /// Records the reconciler's last pass.
+    pub fn set_last_reconcile(&self, r: LastReconcile) {
+        if let Ok(mut s) = self.last.write() {
+            *s = Some(r);
+        }
+    }
+
+    /// The status document as JSON bytes.
+    pub fn status_json(&self) -> Vec<u8> {
+        let base = self.base.read().ok();
+        let last = self.last.read().ok();
+        let rx = self.peers.read().ok().and_then(|r| r.clone());
+        let snap = rx.as_ref().map(|r| r.borrow());
+        let doc = Doc {
+            base: base.as_deref(),
+            leases: snap.as_ref().map(|s| &s.leases),
+            last: last.as_ref().and_then(|l| l.as_ref()),
+        };
+        serde_json::to_vec(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes())
+    }
+
+    /// The status document, parsed (for tests and in-process readers).
     pub fn status(&self) -> Value {
-        self.status.read().map(|s| s.clone()).unwrap_or(Value::Null)
+        serde_json::from_slice(&self.status_json()).unwrap_or(Value::Null)
+    }
+}
+
+struct Doc<'a> {
+    base: Option<&'a Value>,
+    leases: Option<&'a std::collections::BTreeMap<SubnetKey, Lease>>,
+    last: Option<&'a LastReconcile>,
+}
+
+impl Serialize for Doc<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let mut m = ser.serialize_map(None)?;
+        if let Some(Value::Object(base)) = self.base {
+            for (k, v) in base {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.serialize_entry(
+            "peers",
+            &Peers {
+                leases: self.leases,
+                last: self.last,
+            },
+        )?;
+        if let Some(l) = self.last {
+            m.serialize_entry(
+                "lastReconcile",
+                &serde_json::json!({
+                    "generation": l.generation,
+                    "revision": l.revision,
+                    "ok": l.ok,
+                    "error": l.error,
+                    "micros": l.micros,
+                }),
+            )?;
+        }
+        m.end()
+    }
+}
+
+struct Peers<'a> {
+    leases: Option<&'a std::collections::BTreeMap<SubnetKey, Lease>>,
+    last: Option<&'a LastReconcile>,
+}
+
+impl Serialize for Peers<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let leases = self.leases.into_iter().flatten();
+        let mut seq = ser.serialize_seq(self.leases.map(|l| l.len()))?;
+        for (key, l) in leases {
+            let programmed = self.last.is_some_and(|r| {
+                r.ok && l.attrs.backend_type == r.backend_type && r.keys.binary_search(key).is_ok()
+            });
+            seq.serialize_element(&PeerDoc { l, programmed })?;
+        }
+        seq.end()
+    }
+}
+
+struct PeerDoc<'a> {
+    l: &'a Lease,
+    programmed: bool,
+}
+
+impl Serialize for PeerDoc<'_> {
+    fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        let l = self.l;
+        let mut m = ser.serialize_map(Some(7))?;
+        m.serialize_entry(
+            "subnet",
+            &(l.subnet != NO_IPV4_SUBNET).then(|| l.subnet.to_string()),
+        )?;
+        m.serialize_entry("ipv6Subnet", &l.ipv6_subnet.map(|s| s.to_string()))?;
+        m.serialize_entry("publicIP", &l.attrs.public_ip.to_string())?;
+        m.serialize_entry("publicIPv6", &l.attrs.public_ipv6.map(|a| a.to_string()))?;
+        m.serialize_entry("backendType", &l.attrs.backend_type)?;
+        m.serialize_entry("backendData", &l.attrs.backend_data)?;
+        m.serialize_entry("programmed", &self.programmed)?;
+        m.end()
     }
 }
 
@@ -64,10 +194,12 @@ async fn readyz(AxState(st): AxState<Arc<State>>) -> impl IntoResponse {
     }
 }
 
-async fn status(AxState(st): AxState<Arc<State>>) -> Json<Value> {
-    Json(st.status())
+async fn status(AxState(st): AxState<Arc<State>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        st.status_json(),
+    )
 }
-
 /// The router with every endpoint.
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
@@ -89,4 +221,108 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use subnet::{Expiration, LeaseAttrs};
+
+    fn lease(k: &str, ip: u8, kind: &str) -> Lease {
+        Lease::new(
+            k.parse().unwrap(),
+            LeaseAttrs {
+                public_ip: std::net::Ipv4Addr::new(192, 0, 2, ip),
+                backend_type: kind.into(),
+                backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"})),
+                ..Default::default()
+            },
+            Expiration::Unknown,
+            1,
+        )
+    }
+
+    #[test]
+    fn status_is_rendered_from_the_live_snapshot() {
+        let st = State::default();
+        st.set_base(
+            json!({"node": {"subnet": "10.244.1.0/24"}, "config": {"Backend": {"Type": "vxlan"}}}),
+        );
+        let v = st.status();
+        assert_eq!(v["node"]["subnet"], "10.244.1.0/24");
+        assert_eq!(v["peers"], json!([]));
+        assert!(v.get("lastReconcile").is_none());
+
+        let mut snap = PeerSnapshot::default();
+        for (k, ip, kind) in [
+            ("10.244.2.0-24", 2, "vxlan"),
+            ("10.244.3.0-24", 3, "host-gw"),
+            ("10.244.4.0-24", 4, "vxlan"),
+        ] {
+            let l = lease(k, ip, kind);
+            snap.leases.insert(l.key(), l);
+        }
+        let (tx, rx) = watch::channel(snap);
+        st.set_peers(rx);
+        // Before any pass nothing is programmed.
+        let v = st.status();
+        assert_eq!(v["peers"].as_array().unwrap().len(), 3);
+        assert!(v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["programmed"] == false));
+
+        // The pass saw 10.244.2 and 10.244.3 only; 10.244.3 has another backend type.
+        st.set_last_reconcile(LastReconcile {
+            generation: 7,
+            revision: 9,
+            ok: true,
+            error: None,
+            micros: 120,
+            backend_type: "vxlan",
+            keys: vec![
+                "10.244.2.0-24".parse().unwrap(),
+                "10.244.3.0-24".parse().unwrap(),
+            ],
+        });
+        let v = st.status();
+        let p = v["peers"].as_array().unwrap();
+        assert_eq!(p[0]["subnet"], "10.244.2.0/24");
+        assert_eq!(p[0]["publicIP"], "192.0.2.2");
+        assert_eq!(p[0]["backendData"]["VtepMAC"], "0e:00:00:00:00:02");
+        assert_eq!(
+            p.iter()
+                .map(|p| p["programmed"].as_bool().unwrap())
+                .collect::<Vec<_>>(),
+            vec![true, false, false]
+        );
+        assert_eq!(
+            v["lastReconcile"],
+            json!({"generation": 7, "revision": 9, "ok": true, "error": null, "micros": 120})
+        );
+
+        // A peer that leaves disappears from the document at once.
+        tx.send_modify(|s| {
+            s.leases.remove(&"10.244.2.0-24".parse().unwrap());
+        });
+        assert_eq!(st.status()["peers"].as_array().unwrap().len(), 2);
+
+        // A failed pass marks nothing programmed and reports its error.
+        st.set_last_reconcile(LastReconcile {
+            ok: false,
+            error: Some("boom".into()),
+            backend_type: "vxlan",
+            keys: vec!["10.244.4.0-24".parse().unwrap()],
+            ..Default::default()
+        });
+        let v = st.status();
+        assert!(v["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["programmed"] == false));
+        assert_eq!(v["lastReconcile"]["error"], "boom");
+    }
 }

@@ -5,5 +5,6 @@ pub mod cli;
 pub mod daemon;
 pub mod health;
 pub mod iface;
+pub mod memory;
 pub mod subnet_file;
 pub mod traffic;

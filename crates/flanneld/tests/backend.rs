@@ -2,7 +2,7 @@
 
 use flanneld::backend::{Backend, Local, Peer};
 use kernel::Netlink;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::process::Command;
 
 /// Runs `f` on a thread in a fresh network namespace with a veth "underlay" `ul0` (192.0.2.1/24).
@@ -70,8 +70,8 @@ fn vx_peer(n: u8, public: &str, mac: &str) -> Peer {
         public_ip: Some(public.parse().unwrap()),
         public_ipv6: None,
         backend_type: "vxlan".into(),
-        backend_data: json!({"VNI": 1, "VtepMAC": mac}),
-        backend_v6_data: Value::Null,
+        vtep_mac: kernel::Mac::parse(mac),
+        vtep_v6_mac: None,
     }
 }
 
@@ -230,7 +230,7 @@ fn host_gw_routes_and_nat_check() {
         assert_eq!(b.setup(&nl).await.unwrap().mtu, 1500);
         let mut p = vx_peer(2, "192.0.2.2", "");
         p.backend_type = "host-gw".into();
-        p.backend_data = Value::Null;
+        p.vtep_mac = None;
         b.reconcile(&nl, &[p.clone()]).await.unwrap();
         assert!(ip(&["route"]).contains("10.244.2.0/24 via 192.0.2.2 dev ul0"));
         // Stale route from a peer that left while we were down.

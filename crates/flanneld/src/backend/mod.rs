@@ -5,8 +5,10 @@ pub mod hostgw;
 pub mod vxlan;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+use kernel::link::Mac;
 use serde_json::Value;
 use std::net::{Ipv4Addr, Ipv6Addr};
+use subnet::{Lease, NO_IPV4_SUBNET};
 
 /// Another node, as its lease describes it.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,10 +23,32 @@ pub struct Peer {
     pub public_ipv6: Option<Ipv6Addr>,
     /// `BackendType` of its lease.
     pub backend_type: String,
-    /// `BackendData` of its lease.
-    pub backend_data: Value,
-    /// `BackendV6Data` of its lease.
-    pub backend_v6_data: Value,
+    /// `BackendData.VtepMAC` of its lease (vxlan), when present and valid.
+    pub vtep_mac: Option<Mac>,
+    /// `BackendV6Data.VtepMAC` of its lease (vxlan over IPv6).
+    pub vtep_v6_mac: Option<Mac>,
+}
+
+impl Peer {
+    /// A lease as the backends see it. Only what a backend acts on is kept: the reconciler builds this list
+    /// for every peer on every pass, so it must stay small.
+    pub fn from_lease(l: &Lease) -> Self {
+        let mac = |d: &Option<Value>| {
+            d.as_ref()
+                .and_then(|d| opt(d, "VtepMAC"))
+                .and_then(Value::as_str)
+                .and_then(Mac::parse)
+        };
+        Peer {
+            subnet: (l.subnet != NO_IPV4_SUBNET).then_some(l.subnet),
+            ipv6_subnet: l.ipv6_subnet,
+            public_ip: (!l.attrs.public_ip.is_unspecified()).then_some(l.attrs.public_ip),
+            public_ipv6: l.attrs.public_ipv6,
+            backend_type: l.attrs.backend_type.clone(),
+            vtep_mac: mac(&l.attrs.backend_data),
+            vtep_v6_mac: mac(&l.attrs.backend_v6_data),
+        }
+    }
 }
 
 /// This node's view of the network, fixed at start.
@@ -193,4 +217,47 @@ pub(crate) fn opt<'a>(options: &'a Value, key: &str) -> Option<&'a Value> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use subnet::{Expiration, LeaseAttrs};
+
+    fn lease(data: Option<Value>) -> Lease {
+        Lease::new(
+            "10.244.2.0-24".parse().unwrap(),
+            LeaseAttrs {
+                public_ip: Ipv4Addr::new(192, 0, 2, 2),
+                backend_type: "vxlan".into(),
+                backend_data: data,
+                ..Default::default()
+            },
+            Expiration::Unknown,
+            1,
+        )
+    }
+
+    #[test]
+    fn peer_from_lease_keeps_only_what_backends_use() {
+        let p = Peer::from_lease(&lease(Some(
+            json!({"VNI": 1, "vtepmac": "0e:00:00:00:00:02"}),
+        )));
+        assert_eq!(p.subnet, Some("10.244.2.0/24".parse().unwrap()));
+        assert_eq!(p.public_ip, Some(Ipv4Addr::new(192, 0, 2, 2)));
+        assert_eq!(
+            p.vtep_mac.map(|m| m.to_string()).as_deref(),
+            Some("0e:00:00:00:00:02")
+        );
+        assert_eq!(p.vtep_v6_mac, None);
+        for bad in [
+            None,
+            Some(json!({"VtepMAC": "zz"})),
+            Some(json!("x")),
+            Some(json!({"VtepMAC": 5})),
+        ] {
+            assert_eq!(Peer::from_lease(&lease(bad)).vtep_mac, None);
+        }
+    }
 }

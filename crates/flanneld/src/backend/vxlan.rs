@@ -278,13 +278,13 @@ impl Vxlan {
                     (
                         p.ipv6_subnet.map(IpNet::V6),
                         p.public_ipv6.map(IpAddr::V6),
-                        &p.backend_v6_data,
+                        p.vtep_v6_mac,
                     )
                 } else {
                     (
                         p.subnet.map(IpNet::V4),
                         p.public_ip.map(IpAddr::V4),
-                        &p.backend_data,
+                        p.vtep_mac,
                     )
                 };
                 let (Some(subnet), Some(public)) = (subnet, public) else {
@@ -298,11 +298,7 @@ impl Vxlan {
                     routes.insert(subnet, (public, self.local.ext_index, false));
                     continue;
                 }
-                let Some(mac) = data
-                    .get("VtepMAC")
-                    .and_then(Value::as_str)
-                    .and_then(Mac::parse)
-                else {
+                let Some(mac) = data else {
                     tracing::warn!(subnet = %subnet, "skipping peer: lease has no valid VtepMAC");
                     report.skipped += 1;
                     continue;
