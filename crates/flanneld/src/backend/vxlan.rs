@@ -370,7 +370,9 @@ impl Vxlan {
                 }
             }
         }
-        let results: Vec<Result<bool, kernel::Error>> = stream::iter(ops)
+        // Counted as they complete: a pass over thousands of peers should not also hold thousands of results.
+        let mut first_err = None;
+        let mut results = stream::iter(ops)
             .map(|op| async move {
                 match op {
                     Op::Neigh(i, ip, mac) => nl.set_neighbour(i, ip, mac).await.map(|_| true),
@@ -380,11 +382,8 @@ impl Vxlan {
                     Op::DelNeigh(n) => nl.delete_neighbour(&n).await.map(|_| false),
                 }
             })
-            .buffer_unordered(PIPELINE)
-            .collect()
-            .await;
-        let mut first_err = None;
-        for r in results {
+            .buffer_unordered(PIPELINE);
+        while let Some(r) = results.next().await {
             match r {
                 Ok(true) => report.added += 1,
                 Ok(false) => report.removed += 1,
