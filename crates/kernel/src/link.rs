@@ -333,7 +333,11 @@ impl Netlink {
 
 /// Deletes link `index` of namespace `ns` without waiting for it: the kernel's teardown of a veth waits for an RCU
 /// barrier (15–20 ms here), which a CNI DEL need not sit through once the interface is down and renamed out of the
-/// way. A detached grandchild process sends one `RTM_DELLINK` and exits; the caller returns at once.
+/// way. A detached child process sends one `RTM_DELLINK` and exits; the caller returns at once.
+///
+/// The child is not waited for: CNI plugins exit right after, and the orphan is reaped by whoever adopts it
+/// (init or the runtime's subreaper). A second fork (so that a long-lived caller is never left with a zombie) is
+/// not worth its cost on every DEL: no long-lived caller uses this.
 pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
     // struct nlmsghdr (16 bytes) + struct ifinfomsg (16 bytes), built before fork so the child only makes syscalls.
     let mut msg = [0u8; 32];
@@ -351,12 +355,8 @@ pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
                 std::io::Error::last_os_error(),
             )),
             0 => {
-                // Child: fork again so the grandchild is reparented and never left as our zombie.
-                if libc::fork() != 0 {
-                    libc::_exit(0);
-                }
                 libc::setsid();
-                // The runtime reads our stdout/stderr until EOF: the grandchild must not hold them.
+                // The runtime reads our stdout/stderr until EOF: the child must not hold them.
                 let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
                 for fd in 0..3 {
                     libc::dup2(null, fd);
@@ -374,11 +374,7 @@ pub fn delete_link_detached(ns: &crate::Netns, index: u32) -> Result<()> {
                 }
                 libc::_exit(0)
             }
-            pid => {
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
-                Ok(())
-            }
+            _ => Ok(()),
         }
     }
 }
