@@ -22,17 +22,6 @@ const CLUSTER_NETWORK: &str = "10.244.0.0/16";
 /// The MTU flannel would write.
 const MTU: u32 = 1450;
 
-/// Set by SIGINT/SIGTERM: stop timing, clean up, exit.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -157,7 +146,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     if opts.pods == 0 || opts.concurrency == 0 {
         bail!("--pods and --concurrency must be at least 1");
     }
-    install_signal_handlers()?;
+    crate::interrupt::install()?;
 
     let pid = std::process::id();
     let tmp = TempDir::create(std::env::temp_dir().join(format!("flannelctl-bench-{pid}")))?;
@@ -218,13 +207,13 @@ pub fn run(opts: &Options) -> Result<i32> {
             worlds.push(None);
             continue;
         }
-        if interrupted() {
+        if crate::interrupt::interrupted() {
             bail!("interrupted");
         }
         let node = NamedNetns::create(&format!("fb{pid}n{k}"))?;
         let mut pods = Vec::with_capacity(opts.pods);
         for i in 0..opts.pods {
-            if interrupted() {
+            if crate::interrupt::interrupted() {
                 bail!("interrupted");
             }
             pods.push(NamedNetns::create(&format!("fb{pid}s{k}p{i}"))?);
@@ -252,7 +241,7 @@ pub fn run(opts: &Options) -> Result<i32> {
             }
         }
         reports.push(rep);
-        if interrupted() {
+        if crate::interrupt::interrupted() {
             break;
         }
     }
@@ -267,7 +256,7 @@ pub fn run(opts: &Options) -> Result<i32> {
     }
     drop(worlds);
     drop(tmp);
-    if interrupted() {
+    if crate::interrupt::interrupted() {
         eprintln!("flannelctl: interrupted; namespaces and temporary files removed");
         return Ok(130);
     }
@@ -276,20 +265,6 @@ pub fn run(opts: &Options) -> Result<i32> {
     } else {
         0
     })
-}
-
-fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(sig, &act) }.with_context(|| format!("install a {sig} handler"))?;
-    }
-    Ok(())
 }
 
 /// The pod subnet for `pods` attachments: a /24 when it fits, else the smallest prefix that does.
@@ -445,7 +420,7 @@ fn bench_subject(
                 return Err(e);
             }
         }
-        if interrupted() {
+        if crate::interrupt::interrupted() {
             break;
         }
     }
@@ -497,7 +472,7 @@ where
                 if failed.load(Ordering::SeqCst) {
                     return;
                 }
-                if interrupted() {
+                if crate::interrupt::interrupted() {
                     failed.store(true, Ordering::SeqCst);
                     if let Ok(mut e) = first_err.lock() {
                         e.get_or_insert_with(|| anyhow::anyhow!("interrupted"));

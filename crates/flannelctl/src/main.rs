@@ -3,6 +3,7 @@
 mod bench_cni;
 mod bench_net;
 mod http;
+mod interrupt;
 mod lab;
 mod netns;
 mod status;

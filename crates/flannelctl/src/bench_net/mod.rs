@@ -22,7 +22,6 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,38 +36,14 @@ pub const HEALTH_PORT: u16 = 8081;
 /// Namespace prefix of every benchmark here: `fbn<pid>-`.
 const NS_PREFIX: &str = "fbn";
 
-/// Set by SIGINT/SIGTERM/SIGHUP: stop, clean up, exit.
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: nix::libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 /// Fails with "interrupted" once a signal arrived; every loop here calls it.
 pub fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
+    crate::interrupt::check()
 }
 
 /// Whether a signal arrived.
 pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-fn install_signal_handlers() -> Result<()> {
-    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
-    let act = SigAction::new(
-        SigHandler::Handler(on_signal),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(sig, &act) }.with_context(|| format!("install a {sig} handler"))?;
-    }
-    Ok(())
+    crate::interrupt::interrupted()
 }
 
 /// Sleeps in small steps so a Ctrl-C is noticed.
@@ -285,7 +260,7 @@ impl World {
         if !nix::unistd::geteuid().is_root() {
             bail!("bench {what} needs root (it creates network namespaces, devices and daemons)");
         }
-        install_signal_handlers()?;
+        crate::interrupt::install()?;
         remove_stale();
         let pid = std::process::id();
         let dir = std::env::temp_dir().join(format!("flannelctl-benchnet-{pid}"));

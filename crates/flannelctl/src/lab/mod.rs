@@ -13,7 +13,6 @@ use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Options of `lab up`.
@@ -33,17 +32,8 @@ pub struct UpOptions {
     pub bin_dir: PathBuf,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_sigint(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
 fn check_interrupt() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
+    crate::interrupt::check()
 }
 
 fn require_root() -> Result<()> {
@@ -136,13 +126,7 @@ pub fn up(o: &UpOptions) -> Result<()> {
     if o.store == "etcd" && which("etcd").is_none() {
         bail!("--store etcd needs the etcd binary (apt-get install etcd-server)");
     }
-    // SAFETY: the handler only stores to an atomic.
-    unsafe {
-        let _ = nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGINT,
-            nix::sys::signal::SigHandler::Handler(on_sigint),
-        );
-    }
+    crate::interrupt::install()?;
     let res = up_inner(o);
     if let Err(e) = &res {
         eprintln!("\nlab up failed: {e:#}\nremoving what was made...");
@@ -504,7 +488,7 @@ fn ping_matrix(st: &State) -> Result<Vec<(String, String, bool)>> {
 
 fn ping(netns: &str, ip: &str) -> bool {
     for _ in 0..20 {
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if crate::interrupt::interrupted() {
             return false;
         }
         let Ok((mut cmd, _ns)) = net::command_in(netns, "ping") else {
