@@ -310,13 +310,27 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                     )))
                 }
             };
-            let Some(dtype) = serde_json::from_slice::<Value>(&bytes)
+            let Some((dtype, mut cached)) = serde_json::from_slice::<Value>(&bytes)
                 .ok()
-                .and_then(|v| v.get("type").and_then(Value::as_str).map(str::to_string))
+                .and_then(|v| Some((v.get("type")?.as_str()?.to_string(), v)))
             else {
                 tracing::warn!(path = %path.display(), "ignoring unparsable delegate cache");
                 let _ = std::fs::remove_file(&path);
                 return Ok(None);
+            };
+            // The runtime's prevResult is handed on (the spec gives it to every plugin on DEL) so that host-local
+            // can release the attachment's addresses without reading every reservation. Only when the cached
+            // config speaks the same version: a delegate parses prevResult by its own cniVersion.
+            let bytes = match &conf.prev_result {
+                Some(p)
+                    if !p.is_null()
+                        && cached.get("cniVersion").and_then(Value::as_str)
+                            == Some(conf.version()) =>
+                {
+                    cached["prevResult"] = p.clone();
+                    serde_json::to_vec(&cached).unwrap_or(bytes)
+                }
+                _ => bytes,
             };
             // Kept when the delegate fails, so the runtime's retry can still finish the job.
             delegate::run(&dtype, args, bytes).await?;

@@ -245,8 +245,19 @@ fn cmd_del(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
         return Ok(());
     };
     let owner = store::record(&args.container_id, &args.ifname);
-    let id = args.container_id.trim().as_bytes();
     let mut buf = Vec::with_capacity(128);
+    if let Some(mine) = prev_result_records(args, conf, &store, &owner, &mut buf) {
+        let failed: Vec<String> = mine
+            .iter()
+            .filter_map(|e| store.remove(e).err().map(|e| e.to_string()))
+            .collect();
+        return if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::io(failed.join("; ")))
+        };
+    }
+    let id = args.container_id.trim().as_bytes();
     let mut found = false;
     let mut legacy = Vec::new();
     let mut failed = Vec::new();
@@ -277,6 +288,43 @@ fn cmd_del(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
     } else {
         Err(CniError::io(failed.join("; ")))
     }
+}
+
+/// The records a DEL can release without reading every record in the directory: the addresses of `prevResult`
+/// (the ADD result the runtime hands back), when there is exactly one per range set and each record names this
+/// attachment. ADD never gives an attachment more than one address per range set, so nothing else can be its.
+/// `None` (anything missing, foreign or legacy) means: scan the directory, as the reference does.
+fn prev_result_records(
+    args: &CmdArgs,
+    conf: &NetConf,
+    store: &Store,
+    owner: &[u8],
+    buf: &mut Vec<u8>,
+) -> Option<Vec<store::Entry>> {
+    let ipam = IpamConf::load(conf, &args.args).ok()?;
+    let prev = conf.prev().ok()??;
+    let ips: Vec<IpAddr> = prev
+        .ips
+        .iter()
+        .map(|c| range::canonical_ip(c.address.addr()))
+        .collect();
+    let mut out = Vec::with_capacity(ipam.ranges.len());
+    for set in &ipam.ranges {
+        let mut mine = ips.iter().filter(|ip| set.contains(**ip));
+        let (Some(ip), None) = (mine.next(), mine.next()) else {
+            return None;
+        };
+        let e = store::Entry {
+            ip: Some(*ip),
+            name: ip.to_string().into(),
+        };
+        if !store.read(&e, buf) || buf.trim_ascii() != owner {
+            return None;
+        }
+        out.push(e);
+    }
+    // Every prevResult address must be accounted for by a range set: one outside them all is not ours to judge.
+    (out.len() == ips.len()).then_some(out)
 }
 
 fn cmd_check(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {

@@ -453,3 +453,76 @@ fn concurrent_adds_get_distinct_addresses() {
         }
     }
 }
+
+/// DEL with the ADD result as prevResult (as runtimes send it): releases through the fast path when the result
+/// matches the records, and falls back to the full scan — with the same outcome — when it does not.
+#[test]
+fn del_with_prev_result_releases_exactly_the_attachments_records() {
+    let d = TempDir::new("prevdel");
+    let c = conf(
+        &d,
+        json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "fd00:1::/64"}]]}),
+    );
+    let with_prev = |r: &CniResult| {
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["prevResult"] = r.to_value("1.1.0");
+        NetConf::parse(v.to_string().as_bytes()).unwrap()
+    };
+    let a = add(&c, "a").unwrap();
+    let b = add(&c, "b").unwrap();
+    assert_eq!(a.ips.len(), 2);
+    let a_files = files(&d.net());
+
+    // Matching prevResult: both of a's records go, b's stay.
+    del(&with_prev(&a), "a").unwrap();
+    let left = files(&d.net());
+    for ip in &a.ips {
+        assert!(!left.contains(&ip.address.addr().to_string()), "{left:?}");
+    }
+    for ip in &b.ips {
+        assert!(left.contains(&ip.address.addr().to_string()), "{left:?}");
+    }
+    assert_eq!(left.len() + 2, a_files.len());
+
+    // A prevResult naming b's addresses must not release them for "c": the scan finds c has nothing.
+    add(&c, "c").unwrap();
+    del(&with_prev(&b), "c").unwrap();
+    let left = files(&d.net());
+    for ip in &b.ips {
+        assert!(left.contains(&ip.address.addr().to_string()), "{left:?}");
+    }
+    assert!(!left.iter().any(|f| fs::read_to_string(d.net().join(f))
+        .unwrap_or_default()
+        .starts_with("c\r\n")));
+
+    // A prevResult with only one of two range sets falls back to the scan and still releases both.
+    let mut partial = b.clone();
+    partial.ips.truncate(1);
+    del(&with_prev(&partial), "b").unwrap();
+    let left = files(&d.net());
+    for ip in &b.ips {
+        assert!(!left.contains(&ip.address.addr().to_string()), "{left:?}");
+    }
+}
+
+#[test]
+fn prev_result_fast_path_only_for_matching_records() {
+    let d = TempDir::new("prevfast");
+    let c = conf(&d, json!({"ranges": [[{"subnet": "10.1.3.0/24"}]]}));
+    let with_prev = |r: &CniResult| {
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["prevResult"] = r.to_value("1.1.0");
+        NetConf::parse(v.to_string().as_bytes()).unwrap()
+    };
+    let a = add(&c, "a").unwrap();
+    let b = add(&c, "b").unwrap();
+    let store = Store::open_existing(&d.net()).unwrap().unwrap();
+    let mut buf = Vec::new();
+    let owner = store::record("a", "eth0");
+    let args = cmd(Command::Del, "a", "eth0");
+    let hit = prev_result_records(&args, &with_prev(&a), &store, &owner, &mut buf).unwrap();
+    assert_eq!(hit.len(), 1);
+    assert_eq!(hit[0].ip, Some(a.ips[0].address.addr()));
+    assert!(prev_result_records(&args, &with_prev(&b), &store, &owner, &mut buf).is_none());
+    assert!(prev_result_records(&args, &c, &store, &owner, &mut buf).is_none());
+}
