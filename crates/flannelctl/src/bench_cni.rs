@@ -29,6 +29,8 @@ pub struct Options {
     pub pods: usize,
     /// Workers in the concurrent phase.
     pub concurrency: usize,
+    /// Rounds over all subjects, order alternating.
+    pub rounds: usize,
     /// Our plugin directory.
     pub ours: PathBuf,
     /// The reference plugin directory.
@@ -126,6 +128,39 @@ struct Phase {
     workers: usize,
     add: OpStats,
     del: OpStats,
+    /// (ADD p50, DEL p50) of each round, ms.
+    rounds: Vec<(f64, f64)>,
+}
+
+/// The raw samples of one phase, pooled over rounds.
+#[derive(Debug, Default)]
+struct Samples {
+    workers: usize,
+    add: Vec<Duration>,
+    add_wall: Duration,
+    del: Vec<Duration>,
+    del_wall: Duration,
+    rounds: Vec<(f64, f64)>,
+}
+
+impl Samples {
+    fn push(&mut self, add: (Vec<Duration>, Duration), del: (Vec<Duration>, Duration)) {
+        let p50 = |v: &[Duration]| OpStats::new(v.to_vec(), Duration::ZERO).p50;
+        self.rounds.push((p50(&add.0), p50(&del.0)));
+        self.add.extend(add.0);
+        self.add_wall += add.1;
+        self.del.extend(del.0);
+        self.del_wall += del.1;
+    }
+
+    fn finish(self) -> Phase {
+        Phase {
+            workers: self.workers,
+            add: OpStats::new(self.add, self.add_wall),
+            del: OpStats::new(self.del, self.del_wall),
+            rounds: self.rounds,
+        }
+    }
 }
 
 /// Everything measured for one subject.
@@ -143,8 +178,8 @@ pub fn run(opts: &Options) -> Result<i32> {
     if !nix::unistd::geteuid().is_root() {
         bail!("bench cni needs root (it creates network namespaces, bridges and veths)");
     }
-    if opts.pods == 0 || opts.concurrency == 0 {
-        bail!("--pods and --concurrency must be at least 1");
+    if opts.pods == 0 || opts.concurrency == 0 || opts.rounds == 0 {
+        bail!("--pods, --concurrency and --rounds must be at least 1");
     }
     crate::interrupt::install()?;
 
@@ -221,30 +256,50 @@ pub fn run(opts: &Options) -> Result<i32> {
         worlds.push(Some((node, pods)));
     }
 
-    let mut reports = Vec::new();
-    for (k, (s, world)) in subjects.iter().zip(&worlds).enumerate() {
-        let mut rep = Report {
+    let mut samples: Vec<Vec<Samples>> = subjects.iter().map(|_| Vec::new()).collect();
+    let mut errors: Vec<Option<String>> = subjects.iter().map(|_| None).collect();
+    let mut order: Vec<usize> = (0..subjects.len()).collect();
+    'rounds: for round in 0..opts.rounds {
+        if round > 0 {
+            order.reverse();
+        }
+        for &k in &order {
+            let (s, world) = (&subjects[k], &worlds[k]);
+            let Some((node, pods)) = world else { continue };
+            if errors[k].is_some() {
+                continue;
+            }
+            if !opts.json {
+                eprintln!(
+                    "round {}/{}: {} ({}) ...",
+                    round + 1,
+                    opts.rounds,
+                    s.label,
+                    s.dir.display()
+                );
+            }
+            match bench_subject(s, k, node, pods, opts, &mut samples[k]) {
+                Ok(()) => {}
+                Err(e) => errors[k] = Some(format!("{e:#}")),
+            }
+            if crate::interrupt::interrupted() {
+                break 'rounds;
+            }
+        }
+    }
+    let reports: Vec<Report> = subjects
+        .iter()
+        .zip(samples)
+        .zip(errors)
+        .map(|((s, phases), error)| Report {
             key: s.key,
             label: s.label,
             dir: s.dir.clone(),
-            phases: vec![],
-            error: None,
+            phases: phases.into_iter().map(Samples::finish).collect(),
+            error,
             skipped: s.skip.clone(),
-        };
-        if let Some((node, pods)) = world {
-            if !opts.json {
-                eprintln!("benchmarking {} ({}) ...", s.label, s.dir.display());
-            }
-            match bench_subject(s, k, node, pods, opts) {
-                Ok(phases) => rep.phases = phases,
-                Err(e) => rep.error = Some(format!("{e:#}")),
-            }
-        }
-        reports.push(rep);
-        if crate::interrupt::interrupted() {
-            break;
-        }
-    }
+        })
+        .collect();
 
     if opts.json {
         println!(
@@ -395,7 +450,8 @@ fn bench_subject(
     node: &NamedNetns,
     pods: &[NamedNetns],
     opts: &Options,
-) -> Result<Vec<Phase>> {
+    out: &mut Vec<Samples>,
+) -> Result<()> {
     let node_file =
         File::open(node.path()).with_context(|| format!("open {}", node.path().display()))?;
     let exec = Exec {
@@ -405,13 +461,20 @@ fn bench_subject(
         conf: s.conf.clone(),
         id_prefix: format!("fbench{}s{k}c", std::process::id()),
     };
-    let mut phases = Vec::new();
     let mut modes = vec![1, opts.concurrency.min(pods.len()).max(1)];
     modes.dedup();
-    for workers in modes {
+    for (m, workers) in modes.into_iter().enumerate() {
         let res = run_phase(&exec, pods, workers);
         match res {
-            Ok(p) => phases.push(p),
+            Ok((add, del)) => {
+                if out.len() <= m {
+                    out.push(Samples {
+                        workers,
+                        ..Samples::default()
+                    });
+                }
+                out[m].push(add, del);
+            }
             Err(e) => {
                 // A runtime always follows a failed ADD with DEL: leave the pods clean (untimed, best effort).
                 for (i, pod) in pods.iter().enumerate() {
@@ -424,10 +487,13 @@ fn bench_subject(
             break;
         }
     }
-    Ok(phases)
+    Ok(())
 }
 
-fn run_phase(exec: &Exec, pods: &[NamedNetns], workers: usize) -> Result<Phase> {
+/// Per-call times and wall time of one operation over all pods.
+type Timed = (Vec<Duration>, Duration);
+
+fn run_phase(exec: &Exec, pods: &[NamedNetns], workers: usize) -> Result<(Timed, Timed)> {
     let results: Vec<Mutex<Option<Value>>> = pods.iter().map(|_| Mutex::new(None)).collect();
     let add = parallel(pods.len(), workers, |i| {
         let (d, stdout) = exec.call("ADD", i, pods[i].path(), None)?;
@@ -453,11 +519,11 @@ fn run_phase(exec: &Exec, pods: &[NamedNetns], workers: usize) -> Result<Phase> 
         let (d, _) = exec.call("DEL", i, pods[i].path(), prev.as_ref())?;
         Ok(d)
     })?;
-    Ok(Phase { workers, add, del })
+    Ok((add, del))
 }
 
 /// Runs `f(0..n)` on `workers` threads; the per-call times and the phase's wall time. Stops at the first error.
-fn parallel<F>(n: usize, workers: usize, f: F) -> Result<OpStats>
+fn parallel<F>(n: usize, workers: usize, f: F) -> Result<Timed>
 where
     F: Fn(usize) -> Result<Duration> + Sync,
 {
@@ -505,7 +571,7 @@ where
         return Err(e);
     }
     let samples = samples.into_inner().unwrap_or_default();
-    Ok(OpStats::new(samples, wall))
+    Ok((samples, wall))
 }
 
 fn mode(workers: usize) -> String {
@@ -530,8 +596,8 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
 
 fn print_table(opts: &Options, subnet: &str, reports: &[Report]) {
     println!(
-        "CNI ADD/DEL benchmark: {} pods, concurrency {}, cniVersion {CNI_VERSION}, network {NETWORK} ({subnet})",
-        opts.pods, opts.concurrency
+        "CNI ADD/DEL benchmark: {} pods, concurrency {}, {} rounds, cniVersion {CNI_VERSION}, network {NETWORK} ({subnet})",
+        opts.pods, opts.concurrency, opts.rounds
     );
     println!();
     println!(
@@ -589,6 +655,30 @@ fn print_table(opts: &Options, subnet: &str, reports: &[Report]) {
         for l in lines {
             println!("{l}");
         }
+        println!();
+        println!(
+            "per round, sequential p50 speed-up ADD/DEL (the spread shows the machine's noise):"
+        );
+        for r in reports.iter().filter(|r| r.key != "reference") {
+            let Some(p) = r.phases.iter().find(|p| p.workers == 1) else {
+                continue;
+            };
+            let Some(b) = baseline(reports, 1) else {
+                continue;
+            };
+            let per: Vec<String> = p
+                .rounds
+                .iter()
+                .zip(&b.rounds)
+                .map(|(o, rf)| {
+                    let f = |x: Option<f64>| {
+                        x.map(|v| format!("{v:.1}x")).unwrap_or_else(|| "-".into())
+                    };
+                    format!("{}/{}", f(ratio(rf.0, o.0)), f(ratio(rf.1, o.1)))
+                })
+                .collect();
+            println!("{:<30} {}", r.label, per.join("  "));
+        }
     }
     for r in reports {
         if r.skipped.is_none() {
@@ -610,6 +700,7 @@ fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
                         "mode": mode(p.workers),
                         "add": p.add.to_json(),
                         "del": p.del.to_json(),
+                        "rounds_p50_ms": p.rounds.iter().map(|(a, d)| json!({"add": round3(*a), "del": round3(*d)})).collect::<Vec<_>>(),
                     });
                     if r.key != "reference" {
                         if let Some(b) = baseline(reports, p.workers) {
@@ -639,6 +730,7 @@ fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
     json!({
         "pods": opts.pods,
         "concurrency": opts.concurrency,
+        "rounds": opts.rounds,
         "cniVersion": CNI_VERSION,
         "network": NETWORK,
         "subnet": subnet,
@@ -681,6 +773,32 @@ mod tests {
         assert_eq!((one.p50, one.p99), (7.0, 7.0));
         let none = OpStats::new(vec![], Duration::ZERO);
         assert_eq!((none.p50, none.per_sec()), (0.0, 0.0));
+    }
+
+    #[test]
+    fn rounds_pool_samples_and_keep_each_rounds_p50() {
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
+        let mut s = Samples {
+            workers: 1,
+            ..Samples::default()
+        };
+        s.push(
+            (ms(&[1, 2, 3]), Duration::from_millis(6)),
+            (ms(&[10, 20, 30]), Duration::from_millis(60)),
+        );
+        s.push(
+            (ms(&[7, 8, 9]), Duration::from_millis(24)),
+            (ms(&[40, 50, 60]), Duration::from_millis(150)),
+        );
+        let p = s.finish();
+        assert_eq!(p.rounds, vec![(2.0, 20.0), (8.0, 50.0)]);
+        assert_eq!((p.add.count, p.add.p50, p.add.max), (6, 3.0, 9.0));
+        assert_eq!(p.add.wall, Duration::from_millis(30));
+        assert_eq!((p.del.p50, p.del.per_sec()), (30.0, 6.0 / 0.21));
     }
 
     #[test]

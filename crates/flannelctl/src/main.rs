@@ -149,8 +149,10 @@ For every subject it creates a private node network namespace and N pod namespac
 execs the plugin binaries directly inside the node namespace (setns before exec, no `ip netns exec` wrapper),
 and measures the wall time of each plugin process: first ADD on all N pods one after the other, then DEL on all
 of them (with the ADD result as prevResult), then the same with C concurrent workers. Creating and deleting
-namespaces is outside the timed sections. Nothing is configured in the caller's network namespace; all
-namespaces and the temporary data directories are removed at the end, also on error or Ctrl-C.
+namespaces is outside the timed sections. This is repeated for --rounds rounds, the subjects' order reversed
+every round so that none always runs first while the machine drifts; percentiles are over the samples of all
+rounds, and the per-round sequential p50 ratios are printed to show the spread. Nothing is configured in the
+caller's network namespace; all namespaces and the temporary data directories are removed at the end, also on error or Ctrl-C.
 
 Output: a table with p50/p99 ADD and DEL latency in milliseconds and throughput in pods/s, then the speed-up of
 each of ours against the reference (reference/ours for latency, ours/reference for throughput). --json prints
@@ -164,6 +166,9 @@ struct CniArgs {
     /// Number of concurrent workers in the concurrent phase.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     concurrency: u32,
+    /// Rounds, each subject once per round, in alternating order.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    rounds: u32,
     /// Directory holding our plugins [default: the directory of the flannelctl executable].
     #[arg(long, value_name = "DIR")]
     ours: Option<PathBuf>,
@@ -216,6 +221,7 @@ fn main() {
             bench_cni::run(&bench_cni::Options {
                 pods: a.pods as usize,
                 concurrency: a.concurrency as usize,
+                rounds: a.rounds as usize,
                 ours,
                 reference: a.reference,
                 json: a.json,
