@@ -235,3 +235,37 @@ fn flannel_del_after_failed_delegate() {
         "cache dir not empty"
     );
 }
+
+/// flannel after a power cut between writing the delegate cache and flushing it (the file is there but empty): DEL
+/// renders the delegate config from subnet.env again and releases the address and the veth. With subnet.env gone
+/// too, DEL still succeeds and drops the unusable file.
+#[test]
+fn flannel_del_with_empty_cache() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pods = sb.pods(2);
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_net(&sb, "1.0.0");
+    let cache = sb.path("flannel");
+    let data = sb.path("ipam");
+
+    let a0 = sb.att(0, &pods[0]);
+    rt.add(&net, &a0).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    assert_eq!(ip_files_of(&data, "cbr0", &a0.container_id).len(), 1);
+    std::fs::write(cache.join(&a0.container_id), b"").unwrap();
+    rt.del(&net, &a0, None)
+        .unwrap_or_else(|o| panic!("DEL with an empty cache: {o:?}"));
+    assert!(ip_files_of(&data, "cbr0", &a0.container_id).is_empty());
+    assert!(link(&pods[0].name, "eth0").is_none(), "pod interface left");
+    assert!(!cache.join(&a0.container_id).exists(), "cache left");
+
+    let a1 = sb.att(1, &pods[1]);
+    rt.add(&net, &a1).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    std::fs::write(cache.join(&a1.container_id), b"{\"cniVers").unwrap();
+    std::fs::remove_file(sb.path("subnet.env")).unwrap();
+    rt.del(&net, &a1, None)
+        .unwrap_or_else(|o| panic!("DEL with a torn cache and no subnet.env: {o:?}"));
+    assert!(!cache.join(&a1.container_id).exists(), "cache left");
+}

@@ -270,6 +270,8 @@ fn save_cache(fc: &FlannelConf, container_id: &str, bytes: &[u8]) -> Result<(), 
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(bytes)?;
+        // On disk before the delegate makes anything a DEL would have to undo; without it a power cut can leave
+        // an empty cache next to a surviving IP reservation (flannel-io/flannel#1662).
         f.sync_all()?;
         std::fs::rename(&tmp, &path)
     };
@@ -279,6 +281,18 @@ fn save_cache(fc: &FlannelConf, container_id: &str, bytes: &[u8]) -> Result<(), 
             path.display()
         ))
     })
+}
+
+/// The delegate config for a DEL whose cache file is there but unparsable (truncated by a disk fault or by hand):
+/// rendered from the current subnet.env as ADD would, so the delegate still releases the attachment's address
+/// and interface instead of failing forever (upstream, flannel-io/flannel#1662) or leaving them behind.
+/// `None` when subnet.env cannot be read either.
+fn rerender(conf: &NetConf, fc: &FlannelConf, path: &Path) -> Option<(String, Value)> {
+    let env = load_subnet_env(&fc.subnet_file).ok()?;
+    let d = delegate_conf(conf, fc, &env).ok()?;
+    tracing::warn!(path = %path.display(), "delegate cache unparsable; using the config rendered from subnet.env");
+    let dtype = d.get("type")?.as_str()?.to_string();
+    Some((dtype, d))
 }
 
 /// Runs the flannel plugin for one command.
@@ -310,13 +324,23 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                     )))
                 }
             };
-            let Some((dtype, mut cached)) = serde_json::from_slice::<Value>(&bytes)
+            let parsed = serde_json::from_slice::<Value>(&bytes)
                 .ok()
-                .and_then(|v| Some((v.get("type")?.as_str()?.to_string(), v)))
-            else {
-                tracing::warn!(path = %path.display(), "ignoring unparsable delegate cache");
-                let _ = std::fs::remove_file(&path);
-                return Ok(None);
+                .and_then(|v| Some((v.get("type")?.as_str()?.to_string(), v)));
+            let (dtype, mut cached, bytes) = match parsed {
+                Some((t, v)) => (t, v, bytes),
+                None => match rerender(conf, &fc, &path) {
+                    Some((t, v)) => {
+                        let b = serde_json::to_vec(&v)
+                            .map_err(|e| CniError::internal(e.to_string()))?;
+                        (t, v, b)
+                    }
+                    None => {
+                        tracing::warn!(path = %path.display(), "ignoring unparsable delegate cache");
+                        let _ = std::fs::remove_file(&path);
+                        return Ok(None);
+                    }
+                },
             };
             // The runtime's prevResult is handed on (the spec gives it to every plugin on DEL) so that host-local
             // can release the attachment's addresses without reading every reservation. Only when the cached
