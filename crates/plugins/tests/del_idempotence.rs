@@ -236,9 +236,9 @@ fn flannel_del_after_failed_delegate() {
     );
 }
 
-/// flannel after a power cut between writing the delegate cache and flushing it (the file is there but empty): DEL
-/// renders the delegate config from subnet.env again and releases the address and the veth. With subnet.env gone
-/// too, DEL still succeeds and drops the unusable file.
+/// flannel with a delegate cache that is there but unparsable (emptied or cut off by a disk fault): DEL renders the
+/// delegate config from subnet.env again and releases the address and the veth. With subnet.env gone too, DEL
+/// still succeeds and drops the unusable file.
 #[test]
 fn flannel_del_with_empty_cache() {
     if !is_root() {

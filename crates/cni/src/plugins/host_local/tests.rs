@@ -454,6 +454,13 @@ fn concurrent_adds_get_distinct_addresses() {
     }
 }
 
+/// `c` with `r` as its prevResult, as a runtime sends it on DEL.
+fn with_prev_result(c: &NetConf, r: &CniResult) -> NetConf {
+    let mut v = serde_json::to_value(c).unwrap();
+    v["prevResult"] = r.to_value("1.1.0");
+    NetConf::parse(v.to_string().as_bytes()).unwrap()
+}
+
 /// DEL with the ADD result as prevResult (as runtimes send it): releases through the fast path when the result
 /// matches the records, and falls back to the full scan — with the same outcome — when it does not.
 #[test]
@@ -463,11 +470,7 @@ fn del_with_prev_result_releases_exactly_the_attachments_records() {
         &d,
         json!({"ranges": [[{"subnet": "10.1.2.0/24"}], [{"subnet": "fd00:1::/64"}]]}),
     );
-    let with_prev = |r: &CniResult| {
-        let mut v = serde_json::to_value(&c).unwrap();
-        v["prevResult"] = r.to_value("1.1.0");
-        NetConf::parse(v.to_string().as_bytes()).unwrap()
-    };
+    let with_prev = |r: &CniResult| with_prev_result(&c, r);
     let a = add(&c, "a").unwrap();
     let b = add(&c, "b").unwrap();
     assert_eq!(a.ips.len(), 2);
@@ -509,11 +512,7 @@ fn del_with_prev_result_releases_exactly_the_attachments_records() {
 fn prev_result_fast_path_only_for_matching_records() {
     let d = TempDir::new("prevfast");
     let c = conf(&d, json!({"ranges": [[{"subnet": "10.1.3.0/24"}]]}));
-    let with_prev = |r: &CniResult| {
-        let mut v = serde_json::to_value(&c).unwrap();
-        v["prevResult"] = r.to_value("1.1.0");
-        NetConf::parse(v.to_string().as_bytes()).unwrap()
-    };
+    let with_prev = |r: &CniResult| with_prev_result(&c, r);
     let a = add(&c, "a").unwrap();
     let b = add(&c, "b").unwrap();
     let store = Store::open_existing(&d.net()).unwrap().unwrap();
