@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests, the lab and the benchmarks need (idempotent; needs root).
+# Installs every Debian package the build, the tests, the lab and the benchmarks need (idempotent; needs root).
+# The list is scripts/packages; .ci/run proves it complete (scripts/deps-check.sh). Nothing else on the machine is
+# touched: no service is stopped or reconfigured (etcd-server's package starts a system etcd on 127.0.0.1:2379;
+# the tests and the lab run their own etcd inside network namespaces or on free ports and never need it gone).
 set -euo pipefail
-pkgs=(etcd-server etcd-client iproute2 nftables iptables protobuf-compiler iperf3 containernetworking-plugins
-      iputils-ping curl procps ca-certificates openssl)
+cd "$(dirname "$0")"
+mapfile -t pkgs < <(sed -e 's/#.*//' -e '/^[[:space:]]*$/d' packages | tr -s ' \t' '\n' | sed '/^$/d')
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -12,8 +15,4 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
-# etcd-server's package starts a system etcd on 127.0.0.1:2379; the tests start their own, so keep it out of the way.
-if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
-  systemctl stop etcd || true
 fi
