@@ -350,7 +350,9 @@ fn kv_to_lease(dir: &str, kv: &KeyValue, expiration: Expiration) -> Result<Lease
     let Some(sub) = key.strip_prefix(dir) else {
         return Err(format!("key {key:?} is outside {dir:?}"));
     };
-    Lease::from_stored(sub, kv.value(), expiration, kv.mod_revision()).map_err(|e| e.to_string())
+    Lease::from_stored(sub, kv.value(), expiration, kv.mod_revision())
+        .map(|l| l.with_created(kv.create_revision()))
+        .map_err(|e| e.to_string())
 }
 
 fn lease_expiration(kv: &KeyValue) -> Expiration {
@@ -424,22 +426,19 @@ fn convert(dir: &str, after: i64, resp: &WatchResponse) -> Step {
         };
         match ev.event_type() {
             EventType::Put => match LeaseAttrs::from_json(sub, kv.value()) {
-                Ok(attrs) => events.push(Event::Added(Lease::new(
-                    skey,
-                    attrs,
-                    lease_expiration(kv),
-                    kv.mod_revision(),
-                ))),
+                Ok(attrs) => events.push(Event::Added(
+                    Lease::new(skey, attrs, lease_expiration(kv), kv.mod_revision())
+                        .with_created(kv.create_revision()),
+                )),
                 Err(e) => {
                     // The key no longer holds a usable lease; a fresh list would leave it
                     // out too, so report it gone and keep both views the same.
                     warn!(error = %e, "malformed lease value written; treating the lease as removed");
-                    events.push(Event::Removed(Lease::new(
-                        skey,
-                        LeaseAttrs::default(),
-                        Expiration::Never,
-                        kv.mod_revision(),
-                    )));
+                    events.push(Event::Unreadable {
+                        key: skey,
+                        revision: kv.mod_revision(),
+                        reason: e.to_string(),
+                    });
                 }
             },
             EventType::Delete => {

@@ -66,6 +66,19 @@ impl SubnetKey {
     pub fn has_ipv4(&self) -> bool {
         self.ipv4 != NO_IPV4_SUBNET
     }
+
+    /// The subnets as CIDRs, for people and logs (the key form `10.244.3.0-24` is the store's):
+    /// `10.244.3.0/24`, `10.244.3.0/24 + fc00:0:0:3::/64`, `fc00:0:0:3::/64`.
+    pub fn cidrs(&self) -> String {
+        let v4 = self.has_ipv4().then(|| self.ipv4.to_string());
+        let v6 = self.ipv6.map(|n| n.to_string());
+        match (v4, v6) {
+            (Some(a), Some(b)) => format!("{a} + {b}"),
+            (Some(a), None) => a,
+            (None, Some(b)) => b,
+            (None, None) => self.ipv4.to_string(),
+        }
+    }
 }
 
 impl fmt::Display for SubnetKey {
@@ -251,6 +264,9 @@ pub struct Lease {
     pub expiration: Expiration,
     /// Store revision of the last change of this lease (etcd `mod_revision`).
     pub revision: i64,
+    /// Store revision at which the key was created (etcd `create_revision`); renewals keep it. Orders leases that
+    /// claim the same thing: the older claim wins. Equal to `revision` where the store cannot tell.
+    pub created: i64,
 }
 
 impl Lease {
@@ -282,7 +298,14 @@ impl Lease {
             attrs,
             expiration,
             revision,
+            created: revision,
         }
+    }
+
+    /// The same lease with the store revision its key was created at.
+    pub fn with_created(mut self, created: i64) -> Self {
+        self.created = created;
+        self
     }
 
     /// Whether two leases describe the same peer the same way (ignores expiration and
@@ -307,6 +330,11 @@ mod tests {
         let k: SubnetKey = "10.5.52.0-24&fc00::-64".parse().unwrap();
         assert_eq!(k.ipv6, Some("fc00::/64".parse().unwrap()));
         assert_eq!(k.to_string(), "10.5.52.0-24&fc00::-64");
+        assert_eq!(k.cidrs(), "10.5.52.0/24 + fc00::/64");
+        assert_eq!(
+            "10.244.3.0-24".parse::<SubnetKey>().unwrap().cidrs(),
+            "10.244.3.0/24"
+        );
         let k: SubnetKey = "0.0.0.0-0&fc00:0:0:5::-64".parse().unwrap();
         assert!(!k.has_ipv4());
         for bad in [

@@ -169,6 +169,9 @@ struct Record {
     /// Part of the lease set at the compaction revision, not a change.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     base: bool,
+    /// `put` of a key that already existed: the revision it was created at (absent: created by this record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created: Option<i64>,
 }
 
 /// The first line of the log.
@@ -184,6 +187,8 @@ struct Entry {
     value: String,
     expires: Option<i64>,
     rev: i64,
+    /// Revision the key was created at.
+    created: i64,
 }
 
 impl Entry {
@@ -325,6 +330,7 @@ impl LogView {
                         value: r.value.clone(),
                         expires: r.expires,
                         rev: r.rev,
+                        created: r.created.unwrap_or(r.rev),
                     },
                 );
             }
@@ -363,6 +369,7 @@ impl LogView {
 
 fn lease_of(key: &str, e: &Entry) -> Result<Lease, crate::lease::LeaseError> {
     Lease::from_stored(key, e.value.as_bytes(), expiration(e.expires), e.rev)
+        .map(|l| l.with_created(e.created))
 }
 
 /// Records of one change, numbered from the store revision on.
@@ -372,7 +379,8 @@ struct Batch {
 }
 
 impl Batch {
-    fn put(&mut self, key: &str, value: String, expires: Option<i64>) -> i64 {
+    /// `created`: the revision the key was created at when it exists (unexpired) already.
+    fn put(&mut self, key: &str, value: String, expires: Option<i64>, created: Option<i64>) -> i64 {
         self.push(Record {
             rev: 0,
             op: Op::Put,
@@ -381,6 +389,7 @@ impl Batch {
             expires,
             expired: false,
             base: false,
+            created,
         })
     }
 
@@ -393,6 +402,7 @@ impl Batch {
             expires: None,
             expired,
             base: false,
+            created: None,
         })
     }
 
@@ -413,16 +423,18 @@ fn to_event(r: &Record) -> Option<Event> {
     };
     Some(match r.op {
         Op::Put => match LeaseAttrs::from_json(&r.key, r.value.as_bytes()) {
-            Ok(attrs) => Event::Added(Lease::new(key, attrs, expiration(r.expires), r.rev)),
+            Ok(attrs) => Event::Added(
+                Lease::new(key, attrs, expiration(r.expires), r.rev)
+                    .with_created(r.created.unwrap_or(r.rev)),
+            ),
             Err(e) => {
                 // A fresh list leaves the key out too: report it gone so both views agree.
                 warn!(error = %e, "malformed lease value written; treating the lease as removed");
-                Event::Removed(Lease::new(
+                Event::Unreadable {
                     key,
-                    LeaseAttrs::default(),
-                    Expiration::Never,
-                    r.rev,
-                ))
+                    revision: r.rev,
+                    reason: e.to_string(),
+                }
             }
         },
         Op::Del => Event::Removed(Lease::new(
@@ -642,6 +654,7 @@ impl Inner {
                     expires: e.expires,
                     expired: false,
                     base: true,
+                    created: (e.created != e.rev).then_some(e.created),
                 },
             )?;
         }
@@ -746,11 +759,13 @@ impl LocalRegistry {
         value: &str,
         ttl: Option<Duration>,
     ) -> Result<i64, RegistryError> {
-        let (rev, _) = self.inner.mutate("put", |_, now, b| {
+        let (rev, _) = self.inner.mutate("put", |view, now, b| {
+            let created = view.current(key, now).map(|e| e.created);
             b.put(
                 key,
                 value.to_string(),
                 ttl.map(|t| now.saturating_add(ttl_ms(t))),
+                created,
             )
         })?;
         Ok(rev)
@@ -1095,7 +1110,7 @@ impl Registry for LocalRegistry {
                     return None;
                 }
                 let expires = ttl.map(|t| now.saturating_add(ttl_ms(t)));
-                Some((b.put(&k, attrs.to_json(), expires), expires))
+                Some((b.put(&k, attrs.to_json(), expires, None), expires))
             })?;
             Ok(match made {
                 Some((rev, expires)) => Some(Lease::new(key, attrs, expiration(expires), rev)),
@@ -1117,11 +1132,17 @@ impl Registry for LocalRegistry {
         let (key, attrs) = (*key, attrs.clone());
         self.blocking(move |inner| {
             let k = key.to_string();
-            let ((rev, expires), _) = inner.mutate("update lease", |_, now, b| {
+            let ((rev, expires, created), _) = inner.mutate("update lease", |view, now, b| {
                 let expires = ttl.map(|t| now.saturating_add(ttl_ms(t)));
-                (b.put(&k, attrs.to_json(), expires), expires)
+                let created = view.current(&k, now).map(|e| e.created);
+                (
+                    b.put(&k, attrs.to_json(), expires, created),
+                    expires,
+                    created,
+                )
             })?;
-            Ok(Lease::new(key, attrs, expiration(expires), rev))
+            Ok(Lease::new(key, attrs, expiration(expires), rev)
+                .with_created(created.unwrap_or(rev)))
         })
         .await
     }
@@ -1347,10 +1368,7 @@ mod tests {
         let b = next(&mut w).await.unwrap();
         assert_eq!(b.revision, rev);
         assert_eq!(
-            b.events
-                .iter()
-                .map(|e| e.lease().revision)
-                .collect::<Vec<_>>(),
+            b.events.iter().map(|e| e.revision()).collect::<Vec<_>>(),
             vec![rev - 1, rev]
         );
 

@@ -157,19 +157,23 @@ impl LeaseManager {
                 random_u64(),
             )? {
                 Plan::Reuse(l) => {
-                    info!(subnet = %l.key(), public_ip = %attrs.public_ip, "found lease for current IP, reusing");
+                    info!(
+                        "found lease ({}) for current IP ({}), reusing",
+                        l.key().cidrs(),
+                        attrs.public_ip
+                    );
                     // A reservation (no TTL) stays one, as upstream keeps TTL 0 for it.
                     let ttl = (l.expiration != Expiration::Never).then_some(self.opts.ttl);
                     return Ok(self.registry.update_subnet(&l.key(), attrs, ttl).await?);
                 }
                 Plan::Replace(l) => {
-                    info!(subnet = %l.key(), public_ip = %attrs.public_ip,
-                        "found lease for current IP but not compatible with current config, deleting");
+                    info!("found lease ({}) for current IP ({}) but not compatible with current config, deleting",
+                        l.key().cidrs(), attrs.public_ip);
                     self.registry.delete_subnet(&l.key()).await?;
                 }
                 Plan::Create(key) => {
                     if self.previous == Some(key) {
-                        info!(subnet = %key, "found previously leased subnet, reusing");
+                        info!("found previously leased subnet ({}), reusing", key.cidrs());
                     }
                     match self
                         .registry
@@ -177,7 +181,11 @@ impl LeaseManager {
                         .await?
                     {
                         Some(l) => {
-                            info!(subnet = %key, public_ip = %attrs.public_ip, "allocated lease to current node");
+                            info!(
+                                "allocated lease ({}) to current node ({})",
+                                key.cidrs(),
+                                attrs.public_ip
+                            );
                             return Ok(l);
                         }
                         None => {
@@ -226,7 +234,21 @@ impl LeaseManager {
     /// Every renewed lease is published on `updates` when given. Store outages are ridden
     /// out (renewal retried after `renew_retry`, the watch resumed from the last revision),
     /// so the caller runs this until shutdown.
-    pub async fn keep(&self, mut lease: Lease, updates: Option<watch::Sender<Lease>>) -> LeaseEnd {
+    pub async fn keep(&self, lease: Lease, updates: Option<watch::Sender<Lease>>) -> LeaseEnd {
+        self.keep_publishing(lease, updates, None).await
+    }
+
+    /// [`LeaseManager::keep`], and also: when someone else overwrites our key (another value, or one that is not
+    /// lease JSON), our attributes are written back at once, so peers route our subnet to us again within a watch
+    /// round trip; a writer that keeps doing it is answered with growing pauses (up to a minute) and an error that
+    /// names the key, since two nodes may be claiming one subnet. When `attrs` is given and its value changes
+    /// (a backend device was recreated with another VTEP MAC), the lease is rewritten with the new attributes.
+    pub async fn keep_publishing(
+        &self,
+        mut lease: Lease,
+        updates: Option<watch::Sender<Lease>>,
+        mut attrs: Option<watch::Receiver<LeaseAttrs>>,
+    ) -> LeaseEnd {
         let key = lease.key();
         let far = Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let mut renew_at = self.renew_at(&lease).unwrap_or(far);
@@ -234,13 +256,23 @@ impl LeaseManager {
         let mut stream: Option<WatchStream> = None;
         let mut watch_at = Instant::now();
         let mut backoff = Backoff::new(self.opts.backoff_min, self.opts.backoff_max);
+        // Writing our attributes back (after a foreign write, or because they changed): when, and how soon again.
+        let mut rewrite_at: Option<Instant> = None;
+        let mut foreign = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let mut last_foreign: Option<Instant> = None;
+        let mut foreign_in_a_row = 0u32;
         info!(subnet = %key, "waiting to renew lease");
         loop {
             if stream.is_none() && Instant::now() >= watch_at {
                 match self.registry.watch_subnet(&key, after).await {
                     Ok(s) => stream = Some(s),
                     Err(RegistryError::Compacted { .. }) => match self.resync_own(&key).await {
-                        Ok((Some(_), rev)) => after = rev,
+                        Ok((Some(l), rev)) => {
+                            after = rev;
+                            if l.attrs != lease.attrs {
+                                rewrite_at.get_or_insert_with(Instant::now);
+                            }
+                        }
                         Ok((None, _)) => return self.revoked(lease),
                         Err(e) => {
                             warn!(subnet = %key, error = %e, "cannot re-read own lease");
@@ -262,6 +294,13 @@ impl LeaseManager {
                     None => std::future::pending().await,
                 }
             };
+            let attrs_changed = async {
+                match attrs.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let rewrite = rewrite_at.unwrap_or(far);
             tokio::select! {
                 _ = tokio::time::sleep_until(renew_at) => {
                     match self.renew(&lease).await {
@@ -280,25 +319,81 @@ impl LeaseManager {
                         }
                     }
                 }
+                _ = tokio::time::sleep_until(rewrite), if rewrite_at.is_some() => {
+                    match self.renew(&lease).await {
+                        Ok(l) => {
+                            lease = l;
+                            renew_at = self.renew_at(&lease).unwrap_or(far);
+                            rewrite_at = None;
+                            info!(subnet = %key, public_ip = %lease.attrs.public_ip, "own lease written back");
+                            if let Some(tx) = &updates {
+                                tx.send_replace(lease.clone());
+                            }
+                        }
+                        Err(e) => {
+                            warn!(subnet = %key, error = %e,
+                                "cannot write own lease back (trying again in {:?})", self.opts.renew_retry);
+                            rewrite_at = Some(Instant::now() + self.opts.renew_retry);
+                        }
+                    }
+                }
+                changed = attrs_changed => {
+                    if !changed {
+                        // The publisher is gone (daemon shutting down): keep the lease as it is.
+                        attrs = None;
+                        continue;
+                    }
+                    let new = attrs.as_mut().map(|rx| rx.borrow_and_update().clone());
+                    if let Some(new) = new.filter(|a| *a != lease.attrs) {
+                        info!(subnet = %key, attrs = %new.to_json(), "publishing changed attributes in own lease");
+                        lease.attrs = new;
+                        rewrite_at = Some(Instant::now());
+                    }
+                }
                 _ = tokio::time::sleep_until(watch_at), if !watching => {}
                 item = next_item => match item {
                     Some(Ok(batch)) => {
                         after = batch.revision;
                         backoff.reset();
                         for ev in batch.events {
-                            match ev {
-                                Event::Removed(l) if l.key() == key => return self.revoked(lease),
-                                Event::Added(l) if l.key() == key && l.attrs != lease.attrs => {
-                                    warn!(subnet = %key, "own lease was rewritten by someone else");
-                                }
-                                _ => {}
+                            if ev.key() != key {
+                                continue;
                             }
+                            let what = match &ev {
+                                Event::Removed(_) => return self.revoked(lease),
+                                Event::Added(l) if l.attrs == lease.attrs => continue,
+                                Event::Added(l) => format!("now {}", l.attrs.to_json()),
+                                Event::Unreadable { reason, .. } => format!("unreadable: {reason}"),
+                            };
+                            // Quiet for a minute: answer at once; otherwise back off (two writers fighting).
+                            let now = Instant::now();
+                            if last_foreign.is_none_or(|t| now.duration_since(t) > Duration::from_secs(60)) {
+                                foreign.reset();
+                                foreign_in_a_row = 0;
+                            }
+                            last_foreign = Some(now);
+                            foreign_in_a_row += 1;
+                            let delay = if foreign_in_a_row == 1 { Duration::ZERO } else { foreign.next_delay() };
+                            if foreign_in_a_row >= 3 {
+                                error!(subnet = %key, revision = ev.revision(), times = foreign_in_a_row,
+                                    "own lease keeps being overwritten by someone else ({what}); is another node \
+                                     claiming this subnet? writing it back in {delay:?}");
+                            } else {
+                                warn!(subnet = %key, revision = ev.revision(),
+                                    "own lease was overwritten by someone else ({what}); writing it back");
+                            }
+                            rewrite_at = Some(now + delay);
                         }
                     }
                     Some(Err(RegistryError::Compacted { .. })) => {
                         stream = None;
                         match self.resync_own(&key).await {
-                            Ok((Some(_), rev)) => after = rev,
+                            Ok((Some(l), rev)) => {
+                                after = rev;
+                                if l.attrs != lease.attrs {
+                                    rewrite_at.get_or_insert_with(Instant::now);
+                                }
+                            }
                             Ok((None, _)) => return self.revoked(lease),
                             Err(e) => {
                                 warn!(subnet = %key, error = %e, "cannot re-read own lease");

@@ -121,11 +121,17 @@ fn apply(tx: &watch::Sender<PeerSnapshot>, own: Option<&SubnetKey>, batch: Watch
     tx.send_if_modified(|snap| {
         let mut changed = false;
         for ev in batch.events {
-            let key = ev.lease().key();
+            let key = ev.key();
             if Some(&key) == own {
                 continue;
             }
             match ev {
+                Event::Unreadable { .. } => {
+                    if snap.leases.remove(&key).is_some() {
+                        debug!(subnet = %key, "peer lease became unreadable");
+                        changed = true;
+                    }
+                }
                 Event::Added(l) => match snap.leases.get_mut(&key) {
                     // A renewal: keep the record current without waking anyone.
                     Some(old) if old.same_peer(&l) => *old = l,

@@ -59,15 +59,34 @@ impl RegistryError {
 pub enum Event {
     /// A lease was created or changed (renewals included).
     Added(Lease),
-    /// A lease was deleted or expired, or its value became unreadable.
+    /// A lease was deleted or expired.
     Removed(Lease),
+    /// A lease's value was overwritten with something that is not lease JSON. Nobody can use it, so peers treat
+    /// the lease as gone; its owner writes it back (a delete, by contrast, is a revocation).
+    Unreadable {
+        /// The key whose value is unreadable.
+        key: SubnetKey,
+        /// Store revision of the write.
+        revision: i64,
+        /// What is wrong with the value.
+        reason: String,
+    },
 }
 
 impl Event {
-    /// The lease the event is about.
-    pub fn lease(&self) -> &Lease {
+    /// The key the event is about.
+    pub fn key(&self) -> SubnetKey {
         match self {
-            Event::Added(l) | Event::Removed(l) => l,
+            Event::Added(l) | Event::Removed(l) => l.key(),
+            Event::Unreadable { key, .. } => *key,
+        }
+    }
+
+    /// The store revision of the change.
+    pub fn revision(&self) -> i64 {
+        match self {
+            Event::Added(l) | Event::Removed(l) => l.revision,
+            Event::Unreadable { revision, .. } => *revision,
         }
     }
 }

@@ -468,3 +468,15 @@ async fn watch_ahead_of_store_asks_for_relist() {
         "{first:?}"
     );
 }
+
+#[tokio::test]
+async fn own_lease_overwritten_is_restored() {
+    let fx = EtcdFixture::start().await;
+    suite::own_lease_overwritten_is_restored(&fx).await;
+}
+
+#[tokio::test]
+async fn lease_created_revision_kept() {
+    let fx = EtcdFixture::start().await;
+    suite::lease_created_revision_kept(&fx).await;
+}

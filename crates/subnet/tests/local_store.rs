@@ -193,7 +193,7 @@ async fn watch_sees_every_change_in_order() {
         while revs.last().copied().unwrap_or(start) < end {
             let b = w.next().await.expect("open").expect("batch");
             for e in &b.events {
-                revs.push(e.lease().revision);
+                revs.push(e.revision());
             }
             assert_eq!(
                 Some(&b.revision),
@@ -214,7 +214,7 @@ async fn watch_sees_every_change_in_order() {
         .expect("answer")
         .expect("open")
         .expect("batch");
-    let resumed: Vec<i64> = b.events.iter().map(|e| e.lease().revision).collect();
+    let resumed: Vec<i64> = b.events.iter().map(|e| e.revision()).collect();
     assert_eq!(resumed, ((mid + 1)..=end).collect::<Vec<_>>());
 }
 
@@ -475,4 +475,16 @@ async fn cross_process_watch_latency() {
     // Generous bound: inotify delivers in well under a millisecond, the polling fallback
     // within 100 ms.
     assert!(max < Duration::from_millis(500), "{lat:?}");
+}
+
+#[tokio::test]
+async fn own_lease_overwritten_is_restored() {
+    let fx = LocalFixture::new();
+    suite::own_lease_overwritten_is_restored(&fx).await;
+}
+
+#[tokio::test]
+async fn lease_created_revision_kept() {
+    let fx = LocalFixture::new();
+    suite::lease_created_revision_kept(&fx).await;
 }

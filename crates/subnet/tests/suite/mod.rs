@@ -611,3 +611,85 @@ pub async fn store_restart_watch_resumes(fx: &dyn Fixture) -> PeerSnapshot {
     keeper.abort();
     s
 }
+
+/// Someone overwrites our lease key (another node's attributes, then a value that is not lease JSON): the keeper
+/// writes our attributes back each time, so peers route our subnet to us again. A delete still revokes.
+pub async fn own_lease_overwritten_is_restored(fx: &dyn Fixture) {
+    fx.put_config(CONFIG).await;
+    let m = manager(fx, None, fast_options()).await;
+    let ours = attrs(Ipv4Addr::new(192, 0, 2, 41));
+    let lease = m.acquire(&ours).await.expect("acquire");
+    let key = lease.key();
+    let keeper = tokio::spawn(async move { m.keep(lease, None).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reader = fx.store().await;
+    let theirs = attrs(Ipv4Addr::new(192, 0, 2, 66));
+    for (what, value) in [
+        ("another node's attributes", theirs.to_json()),
+        (
+            "a value that is not lease JSON",
+            "{\"PublicIP\":5}".to_string(),
+        ),
+        ("an empty value", String::new()),
+    ] {
+        fx.put_raw(&key.to_string(), &value, Some(3600)).await;
+        let back = timeout(Duration::from_secs(10), async {
+            loop {
+                if let Ok((Some(l), _)) = reader.get_subnet(&key).await {
+                    if l.attrs == ours {
+                        return l;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("own lease not restored after {what}"));
+        assert_ne!(back.expiration, Expiration::Never, "restored with a TTL");
+        assert!(!keeper.is_finished(), "keeper ended after {what}");
+    }
+    fx.delete_raw(&key.to_string()).await;
+    let end = timeout(Duration::from_secs(10), keeper)
+        .await
+        .expect("no revocation signal after the delete")
+        .expect("keeper panicked");
+    let LeaseEnd::Revoked(l) = end;
+    assert_eq!(l.key(), key);
+}
+
+/// A lease's `created` is the revision its key was created at, kept across renewals, in lists and watches.
+pub async fn lease_created_revision_kept(fx: &dyn Fixture) {
+    fx.put_config(CONFIG).await;
+    let m = manager(fx, None, fast_options()).await;
+    let lease = m
+        .acquire(&attrs(Ipv4Addr::new(192, 0, 2, 42)))
+        .await
+        .expect("acquire");
+    let created = lease.revision;
+    let store = fx.store().await;
+    let (_, rev) = store.get_subnets().await.expect("list");
+    let mut watch = store.watch_subnets(rev).await.expect("watch");
+    let renewed = m.renew(&lease).await.expect("renew");
+    assert!(renewed.revision > created);
+    let batch = timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("watch event")
+        .expect("stream open")
+        .expect("batch");
+    let ev = batch
+        .events
+        .iter()
+        .find(|e| e.key() == lease.key())
+        .expect("event for the renewal");
+    match ev {
+        subnet::Event::Added(l) => {
+            assert_eq!(l.created, created, "watch: created revision");
+            assert_eq!(l.revision, renewed.revision);
+        }
+        other => panic!("unexpected event {other:?}"),
+    }
+    let (all, _) = store.get_subnets().await.expect("list");
+    let listed = all.iter().find(|l| l.key() == lease.key()).expect("listed");
+    assert_eq!(listed.created, created, "list: created revision");
+    assert_eq!(listed.revision, renewed.revision);
+}
