@@ -30,12 +30,28 @@ impl Mac {
         let mut parts = s.split(':');
         for byte in &mut b {
             let p = parts.next()?;
-            if p.len() != 2 {
+            // Two hex digits exactly: from_str_radix alone would take "+f".
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return None;
             }
             *byte = u8::from_str_radix(p, 16).ok()?;
         }
         parts.next().is_none().then_some(Self(b))
+    }
+}
+
+impl Mac {
+    /// The broadcast address `ff:ff:ff:ff:ff:ff`.
+    pub const BROADCAST: Mac = Mac([0xff; 6]);
+
+    /// Whether the address is a group (multicast or broadcast) address: the I/G bit of the first octet.
+    pub fn is_multicast(&self) -> bool {
+        self.0[0] & 1 == 1
+    }
+
+    /// Whether the address is `00:00:00:00:00:00`.
+    pub fn is_zero(&self) -> bool {
+        self.0 == [0; 6]
     }
 }
 
@@ -392,5 +408,22 @@ mod tests {
         assert!(Mac::parse("zz:58:0a:f4:01:01").is_none());
         let r = Mac::random().unwrap();
         assert_eq!(r.0[0] & 0x03, 0x02);
+        assert!(!r.is_multicast() && !r.is_zero());
+        // from_str_radix alone takes a sign.
+        assert!(Mac::parse("+a:58:0a:f4:01:01").is_none());
+        assert!(Mac::parse("0a:58:0a:f4:01:-1").is_none());
+        assert!(Mac::BROADCAST.is_multicast());
+        assert!(Mac::parse("01:00:5e:00:00:01").unwrap().is_multicast());
+        assert!(Mac::default().is_zero());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn mac_parse_never_panics_and_round_trips(s in "[0-9a-fA-F:+ -]{0,20}") {
+            if let Some(m) = Mac::parse(&s) {
+                proptest::prop_assert_eq!(Mac::parse(&m.to_string()), Some(m));
+                proptest::prop_assert_eq!(m.to_string(), s.to_ascii_lowercase());
+            }
+        }
     }
 }

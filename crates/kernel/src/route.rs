@@ -32,7 +32,12 @@ pub struct Route {
     pub src: Option<IpAddr>,
     /// Blackhole instead of unicast.
     pub blackhole: bool,
+    /// Who installed the route (`RTPROT_*`; `ip route` shows it as `proto`): [`PROTO_BOOT`] unless set.
+    pub protocol: u8,
 }
+
+/// `RTPROT_BOOT`: what `ip route add` and upstream flannel install routes with.
+pub const PROTO_BOOT: u8 = 3;
 
 impl Route {
     /// A plain unicast route.
@@ -47,7 +52,14 @@ impl Route {
             table: None,
             src: None,
             blackhole: false,
+            protocol: PROTO_BOOT,
         }
+    }
+
+    /// Sets the protocol the route is installed with.
+    pub fn protocol(mut self, protocol: u8) -> Self {
+        self.protocol = protocol;
+        self
     }
 
     /// Sets the gateway.
@@ -90,7 +102,7 @@ impl Route {
         }
         b = b
             .scope(RouteScope::from(self.scope))
-            .protocol(RouteProtocol::Boot);
+            .protocol(RouteProtocol::from(self.protocol));
         if self.blackhole {
             b = b.kind(RouteType::BlackHole);
         }
@@ -120,6 +132,7 @@ fn from_message(m: &RouteMessage) -> Option<Route> {
         .flags
         .contains(netlink_packet_route::route::RouteFlags::Onlink);
     r.blackhole = m.header.kind == RouteType::BlackHole;
+    r.protocol = u8::from(m.header.protocol);
     let mut table = u32::from(m.header.table);
     for a in &m.attributes {
         match a {
