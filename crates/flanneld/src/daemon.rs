@@ -1,7 +1,8 @@
 //! The daemon: store → config → interface → backend → lease → rules → subnet.env → ready, then three loops
 //! (reconcile peers, renew/watch our lease, re-check traffic rules) until SIGTERM or our lease is revoked.
 
-use crate::backend::{Backend, Local, Peer};
+use crate::admission::{Admission, NetworkRules};
+use crate::backend::{Backend, Local, Published};
 use crate::cli::Options;
 use crate::health;
 use crate::iface::{self, IpStack, SelectOptions};
@@ -12,6 +13,7 @@ use cni::plugins::flannel::SubnetEnv;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::Netlink;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -210,13 +212,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
     let mut backend = Backend::new(&cfg.backend_type, &cfg.backend, &local)?;
     let published = backend.setup(&nl).await?;
 
-    let attrs = LeaseAttrs {
-        public_ip: ext.ext_addr.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        public_ipv6: ext.ext_v6_addr,
-        backend_type: published.backend_type.clone(),
-        backend_data: published.backend_data.clone(),
-        backend_v6_data: published.backend_v6_data.clone(),
-    };
+    let attrs = lease_attrs(&local, &published);
     let mopts = ManagerOptions {
         renew_margin: opts.renew_margin(),
         ..Default::default()
@@ -239,7 +235,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
             Err(e) => return Err(anyhow!(e).context("acquiring a subnet lease")),
         }
     };
-    info!(key = %lease.key(), "acquired lease");
+    info!("acquired lease: {}", lease.key().cidrs());
     if cfg.enable_ipv4 {
         local.subnet = Some(lease.subnet);
     }
@@ -309,28 +305,18 @@ pub async fn run(opts: Options) -> Result<Exit> {
     };
     subnet_file::write(&opts.subnet_file, &env)
         .with_context(|| format!("writing subnet file {}", opts.subnet_file.display()))?;
-    state.set_base(json!({
-        "node": {
-            "subnet": local.subnet.map(|s| s.to_string()),
-            "ipv6Subnet": local.ipv6_subnet.map(|s| s.to_string()),
-            "publicIP": ext.ext_addr.map(|a| a.to_string()),
-            "publicIPv6": ext.ext_v6_addr.map(|a| a.to_string()),
-            "interface": ext.name,
-            "backendType": published.backend_type,
-            "backendData": published.backend_data,
-            "backendV6Data": published.backend_v6_data,
-            "mtu": published.mtu,
-            "subnetFile": opts.subnet_file.display().to_string(),
-        },
-        "config": {
+    let base = StatusBase {
+        subnet_file: opts.subnet_file.display().to_string(),
+        config: json!({
             "Network": cfg.network.map(|n| n.to_string()),
             "IPv6Network": cfg.ipv6_network.map(|n| n.to_string()),
             "EnableIPv4": cfg.enable_ipv4,
             "EnableIPv6": cfg.enable_ipv6,
             "EnableNFTables": cfg.enable_nftables,
             "Backend": cfg.backend,
-        },
-    }));
+        }),
+    };
+    state.set_base(base.render(&local, &published));
     state.set_ready(true);
     sd_notify_ready();
     info!(subnet_file = %opts.subnet_file.display(), mtu = published.mtu, "ready");
@@ -343,13 +329,24 @@ pub async fn run(opts: Options) -> Result<Exit> {
     );
     let rx = watcher.subscribe();
     state.set_peers(watcher.subscribe());
-    let reconciler = tokio::spawn(reconcile_loop(
+    let admission = Admission::new(
+        NetworkRules::from_config(&cfg),
+        local.subnet,
+        local.ipv6_subnet,
+    );
+    // What the lease publishes: the reconciler updates it when a recreated device differs, the keeper writes it.
+    let (attrs_tx, attrs_rx) = watch::channel(attrs);
+    let reconciler = tokio::spawn(reconcile_loop(Reconciler {
         backend,
-        nl.clone(),
-        local.clone(),
+        nl: nl.clone(),
+        local: local.clone(),
         rx,
-        state.clone(),
-    ));
+        state: state.clone(),
+        admission,
+        published,
+        attrs: attrs_tx,
+        base,
+    }));
     let resync = opts.iptables_resync_period();
     let blackhole = opts.ip_blackhole_route;
     let rules = tokio::spawn(rules_loop(
@@ -359,7 +356,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
     ));
     let keeper = {
         let m = manager.clone();
-        tokio::spawn(async move { m.keep(lease, None).await })
+        tokio::spawn(async move { m.keep_publishing(lease, None, Some(attrs_rx)).await })
     };
 
     let exit = tokio::select! {
@@ -442,85 +439,144 @@ async fn rules_loop(mut tm: TrafficManager, every: Duration, blackhole: Option<(
     }
 }
 
-async fn reconcile_loop(
-    mut backend: Backend,
+/// What this node publishes in its lease: its public addresses and the backend's data.
+fn lease_attrs(local: &Local, published: &Published) -> LeaseAttrs {
+    LeaseAttrs {
+        public_ip: local.public_ip.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        public_ipv6: local.public_ipv6,
+        backend_type: published.backend_type.clone(),
+        backend_data: published.backend_data.clone(),
+        backend_v6_data: published.backend_v6_data.clone(),
+    }
+}
+
+/// The fixed part of `/status`: the node (re-rendered when the backend publishes something new) and the config.
+struct StatusBase {
+    subnet_file: String,
+    config: serde_json::Value,
+}
+
+impl StatusBase {
+    fn render(&self, local: &Local, published: &Published) -> serde_json::Value {
+        json!({
+            "node": {
+                "subnet": local.subnet.map(|s| s.to_string()),
+                "ipv6Subnet": local.ipv6_subnet.map(|s| s.to_string()),
+                "publicIP": local.public_ip.map(|a| a.to_string()),
+                "publicIPv6": local.public_ipv6.map(|a| a.to_string()),
+                "interface": local.ext_name,
+                "backendType": published.backend_type,
+                "backendData": published.backend_data,
+                "backendV6Data": published.backend_v6_data,
+                "mtu": published.mtu,
+                "subnetFile": self.subnet_file,
+            },
+            "config": self.config,
+        })
+    }
+}
+
+/// The reconcile loop's state.
+struct Reconciler {
+    backend: Backend,
     nl: Netlink,
     local: Local,
-    mut rx: watch::Receiver<PeerSnapshot>,
+    rx: watch::Receiver<PeerSnapshot>,
     state: Arc<health::State>,
-) {
+    admission: Admission,
+    /// What the backend last published (to notice a recreated device that announces something else).
+    published: Published,
+    attrs: watch::Sender<LeaseAttrs>,
+    base: StatusBase,
+}
+
+impl Reconciler {
+    /// Recreates the backend's devices when someone deleted them; a device that comes back different (it should
+    /// not: it keeps its MAC) is published in the lease.
+    async fn ensure_devices(&mut self) {
+        match self.backend.devices_present(&self.nl).await {
+            Ok(true) => return,
+            Ok(false) => warn!("backend device disappeared; recreating it"),
+            Err(e) => {
+                warn!(error = %e, "checking backend devices failed");
+                return;
+            }
+        }
+        let made = async {
+            let p = self.backend.setup(&self.nl).await?;
+            self.backend.set_lease(&self.nl, &self.local).await?;
+            Ok::<_, crate::backend::BackendError>(p)
+        }
+        .await;
+        match made {
+            Ok(p) if p != self.published => {
+                warn!(backend_data = ?p.backend_data, "recreated backend device publishes new data; updating the lease");
+                self.state.set_base(self.base.render(&self.local, &p));
+                self.attrs.send_replace(lease_attrs(&self.local, &p));
+                self.published = p;
+            }
+            Ok(_) => info!("backend device recreated"),
+            Err(e) => error!(error = %e, "recreating the backend device failed"),
+        }
+    }
+}
+
+async fn reconcile_loop(mut r: Reconciler) {
     // Whether the last reconcile pass succeeded (a failed one is retried sooner).
     let mut last_ok = true;
     loop {
-        // Only what the pass needs is copied out of the snapshot (a compact peer list and the keys); the snapshot
-        // itself stays shared with the watcher and /status.
-        let (synced, generation, revision, peers, keys) = {
-            let snap = rx.borrow_and_update();
-            (
-                snap.synced,
-                snap.generation,
-                snap.revision,
-                snap.leases
-                    .values()
-                    .map(Peer::from_lease)
-                    .collect::<Vec<_>>(),
-                snap.leases.keys().copied().collect::<Vec<SubnetKey>>(),
-            )
-        };
         // An unsynced snapshot means "peers unknown": acting on it could remove working routes.
+        let synced = r.rx.borrow().synced;
         if synced {
-            match backend.devices_present(&nl).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    warn!("backend device disappeared; recreating it");
-                    if let Err(e) = async {
-                        backend.setup(&nl).await?;
-                        backend.set_lease(&nl, &local).await
-                    }
-                    .await
-                    {
-                        error!(error = %e, "recreating the backend device failed");
-                    }
-                }
-                Err(e) => warn!(error = %e, "checking backend devices failed"),
+            r.ensure_devices().await;
+            if let Err(e) = r.backend.refresh(&r.nl).await {
+                warn!(error = %e, "reading the external interface's addresses failed");
+            }
+            // Admission reads the snapshot in place and copies out only the admitted peers (compact) and their
+            // keys; the snapshot itself stays shared with the watcher and /status.
+            let (generation, revision, admitted, refused_before) = {
+                let snap = r.rx.borrow_and_update();
+                let before = r.admission.refused().len();
+                let a = r.admission.admit(&snap.leases, &r.backend);
+                (snap.generation, snap.revision, a, before)
+            };
+            if refused_before != 0 || !r.admission.refused().is_empty() {
+                r.state.set_refused(r.admission.refused().clone());
             }
             let t = Instant::now();
-            let result = backend.reconcile(&nl, &peers).await;
+            let result = r.backend.reconcile(&r.nl, &admitted.peers).await;
             let took = t.elapsed();
             let mut busy = false;
             match &result {
-                Ok(r) if r.added + r.removed > 0 => {
-                    busy = r.added + r.removed >= TRIM_AFTER;
+                Ok(rep) if rep.added + rep.removed > 0 => {
+                    busy = rep.added + rep.removed >= TRIM_AFTER;
                     info!(
-                        peers = peers.len(),
-                        added = r.added,
-                        removed = r.removed,
-                        skipped = r.skipped,
+                        peers = admitted.peers.len(),
+                        refused = r.admission.refused().len(),
+                        added = rep.added,
+                        removed = rep.removed,
                         generation,
                         "reconciled in {took:?}"
                     )
                 }
-                Ok(r) => debug!(
-                    peers = peers.len(),
-                    skipped = r.skipped,
-                    "in sync ({took:?})"
-                ),
+                Ok(_) => debug!(peers = admitted.peers.len(), "in sync ({took:?})"),
                 Err(e) => warn!(error = %e, "reconcile failed; will retry"),
             }
             last_ok = result.is_ok();
-            drop(peers);
-            state.set_last_reconcile(health::LastReconcile {
+            r.state.set_last_reconcile(health::LastReconcile {
                 generation,
                 revision,
                 ok: last_ok,
                 error: result.as_ref().err().map(|e| e.to_string()),
                 micros: took.as_micros() as u64,
-                backend_type: backend.type_name(),
-                keys,
+                backend_type: r.backend.type_name(),
+                keys: admitted.keys,
             });
             if busy {
                 crate::memory::release_free_heap();
             }
+        } else {
+            r.rx.borrow_and_update();
         }
         let wait = if synced && last_ok {
             RESYNC
@@ -528,8 +584,11 @@ async fn reconcile_loop(
             Duration::from_secs(1)
         };
         tokio::select! {
-            r = rx.changed() => if r.is_err() { return },
+            res = r.rx.changed() => if res.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
         }
     }
 }
+
+/// Refused leases as `/status` lists them.
+pub type Refused = BTreeMap<SubnetKey, crate::admission::Refusal>;

@@ -8,6 +8,7 @@
 //! bytes: with thousands of peers a kept `serde_json::Value` tree (and a copy per request) cost more memory than
 //! everything else the daemon holds.
 
+use crate::admission::Refusal;
 use axum::extract::State as AxState;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
@@ -16,6 +17,7 @@ use axum::Router;
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -49,6 +51,8 @@ pub struct State {
     base: RwLock<Value>,
     peers: RwLock<Option<watch::Receiver<PeerSnapshot>>>,
     last: RwLock<Option<LastReconcile>>,
+    /// Leases admission refused in the last pass, and why.
+    refused: RwLock<BTreeMap<SubnetKey, Refusal>>,
 }
 
 impl State {
@@ -76,6 +80,13 @@ impl State {
         }
     }
 
+    /// Records the leases refused by the last pass.
+    pub fn set_refused(&self, r: BTreeMap<SubnetKey, Refusal>) {
+        if let Ok(mut s) = self.refused.write() {
+            *s = r;
+        }
+    }
+
     /// Records the reconciler's last pass.
     pub fn set_last_reconcile(&self, r: LastReconcile) {
         if let Ok(mut s) = self.last.write() {
@@ -89,10 +100,12 @@ impl State {
         let last = self.last.read().ok();
         let rx = self.peers.read().ok().and_then(|r| r.clone());
         let snap = rx.as_ref().map(|r| r.borrow());
+        let refused = self.refused.read().ok();
         let doc = Doc {
             base: base.as_deref(),
             leases: snap.as_ref().map(|s| &s.leases),
             last: last.as_ref().and_then(|l| l.as_ref()),
+            refused: refused.as_deref(),
         };
         serde_json::to_vec(&doc).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}").into_bytes())
     }
@@ -105,8 +118,9 @@ impl State {
 
 struct Doc<'a> {
     base: Option<&'a Value>,
-    leases: Option<&'a std::collections::BTreeMap<SubnetKey, Lease>>,
+    leases: Option<&'a BTreeMap<SubnetKey, Lease>>,
     last: Option<&'a LastReconcile>,
+    refused: Option<&'a BTreeMap<SubnetKey, Refusal>>,
 }
 
 impl Serialize for Doc<'_> {
@@ -122,8 +136,11 @@ impl Serialize for Doc<'_> {
             &Peers {
                 leases: self.leases,
                 last: self.last,
+                refused: self.refused,
             },
         )?;
+        // Leases in the store that are not programmed because admission refused them (each peer says why).
+        m.serialize_entry("refused", &self.refused.map_or(0, |r| r.len()))?;
         if let Some(l) = self.last {
             m.serialize_entry(
                 "lastReconcile",
@@ -141,8 +158,9 @@ impl Serialize for Doc<'_> {
 }
 
 struct Peers<'a> {
-    leases: Option<&'a std::collections::BTreeMap<SubnetKey, Lease>>,
+    leases: Option<&'a BTreeMap<SubnetKey, Lease>>,
     last: Option<&'a LastReconcile>,
+    refused: Option<&'a BTreeMap<SubnetKey, Refusal>>,
 }
 
 impl Serialize for Peers<'_> {
@@ -153,7 +171,15 @@ impl Serialize for Peers<'_> {
             let programmed = self.last.is_some_and(|r| {
                 r.ok && l.attrs.backend_type == r.backend_type && r.keys.binary_search(key).is_ok()
             });
-            seq.serialize_element(&PeerDoc { l, programmed })?;
+            let refused = self
+                .refused
+                .and_then(|r| r.get(key))
+                .map(|r| r.reason.as_str());
+            seq.serialize_element(&PeerDoc {
+                l,
+                programmed,
+                refused,
+            })?;
         }
         seq.end()
     }
@@ -162,12 +188,13 @@ impl Serialize for Peers<'_> {
 struct PeerDoc<'a> {
     l: &'a Lease,
     programmed: bool,
+    refused: Option<&'a str>,
 }
 
 impl Serialize for PeerDoc<'_> {
     fn serialize<S: Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         let l = self.l;
-        let mut m = ser.serialize_map(Some(7))?;
+        let mut m = ser.serialize_map(Some(8))?;
         m.serialize_entry(
             "subnet",
             &(l.subnet != NO_IPV4_SUBNET).then(|| l.subnet.to_string()),
@@ -178,6 +205,7 @@ impl Serialize for PeerDoc<'_> {
         m.serialize_entry("backendType", &l.attrs.backend_type)?;
         m.serialize_entry("backendData", &l.attrs.backend_data)?;
         m.serialize_entry("programmed", &self.programmed)?;
+        m.serialize_entry("refused", &self.refused)?;
         m.end()
     }
 }

@@ -1,5 +1,6 @@
 //! flanneld: leases a subnet per node and programs the overlay so pods on different nodes reach each other.
 
+pub mod admission;
 pub mod backend;
 pub mod cli;
 pub mod daemon;

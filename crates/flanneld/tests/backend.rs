@@ -1,5 +1,6 @@
 //! Backends against the real kernel, each test in its own network namespace.
 
+use flanneld::admission::PeerRules;
 use flanneld::backend::{Backend, Local, Peer};
 use kernel::Netlink;
 use serde_json::json;
@@ -123,11 +124,11 @@ fn vxlan_programs_and_prunes_peers() {
         assert_eq!(r.added, 6);
         let routes = ip(&["route", "show", "dev", "flannel.1"]);
         assert!(
-            routes.contains("10.244.2.0/24 via 10.244.2.0 onlink"),
+            routes.contains("10.244.2.0/24 via 10.244.2.0 proto 121 onlink"),
             "{routes}"
         );
         assert!(
-            routes.contains("10.244.3.0/24 via 10.244.3.0 onlink"),
+            routes.contains("10.244.3.0/24 via 10.244.3.0 proto 121 onlink"),
             "{routes}"
         );
         assert!(
@@ -205,7 +206,7 @@ fn vxlan_direct_routing_uses_host_route_on_same_segment() {
         let all = ip(&["route"]);
         assert!(all.contains("10.244.2.0/24 via 192.0.2.2 dev ul0"), "{all}");
         assert!(
-            all.contains("10.244.3.0/24 via 10.244.3.0 dev flannel.1 onlink"),
+            all.contains("10.244.3.0/24 via 10.244.3.0 dev flannel.1 proto 121 onlink"),
             "{all}"
         );
         b.reconcile(&nl, &[]).await.unwrap();
@@ -250,12 +251,34 @@ fn host_gw_routes_and_nat_check() {
         let r = b.reconcile(&nl, &[p]).await.unwrap();
         assert_eq!(r.removed, 1);
         assert!(!ip(&["route"]).contains("10.244.7.0"));
-        // A vxlan peer is skipped by host-gw.
-        let r = b
-            .reconcile(&nl, &[vx_peer(4, "192.0.2.4", "0e:00:00:00:00:04")])
-            .await
-            .unwrap();
-        assert_eq!(r.skipped, 1);
+        // Admission: host-gw refuses a vxlan lease, and a peer that is not on our L2 segment.
+        let lease = |ip: &str, kind: &str| {
+            subnet::Lease::new(
+                "10.244.4.0-24".parse().unwrap(),
+                subnet::LeaseAttrs {
+                    public_ip: ip.parse().unwrap(),
+                    backend_type: kind.into(),
+                    ..Default::default()
+                },
+                subnet::Expiration::Unknown,
+                1,
+            )
+        };
+        let mut peer = vx_peer(4, "192.0.2.4", "");
+        let e = b
+            .admit_peer(&lease("192.0.2.4", "vxlan"), &mut peer)
+            .unwrap_err();
+        assert!(e.contains("this network runs host-gw"), "{e}");
+        b.refresh(&nl).await.unwrap();
+        assert_eq!(
+            b.admit_peer(&lease("192.0.2.4", "host-gw"), &mut peer),
+            Ok(vec![])
+        );
+        let mut far = vx_peer(4, "198.51.100.4", "");
+        let e = b
+            .admit_peer(&lease("198.51.100.4", "host-gw"), &mut far)
+            .unwrap_err();
+        assert!(e.contains("198.51.100.4") && e.contains("ul0"), "{e}");
     });
 }
 

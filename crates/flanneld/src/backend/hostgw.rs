@@ -1,15 +1,22 @@
 //! host-gw: a route per peer subnet via the peer's host address. Needs every node on one L2 segment.
 
-use super::{in_networks, is_self, BackendError, Local, Peer, Published, Report};
+use super::{
+    check_type, is_self, managed_route, onlink_prefixes, BackendError, Local, Peer, Published,
+    Report, ROUTE_PROTOCOL,
+};
+use crate::admission::Claim;
 use ipnet::IpNet;
 use kernel::route::Route;
 use kernel::Netlink;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use subnet::Lease;
 
 /// The host-gw backend.
 pub struct HostGw {
     local: Local,
+    /// Connected prefixes of the external interface: a peer's public IP must be in one (same L2 segment).
+    onlink: Vec<IpNet>,
 }
 
 impl HostGw {
@@ -33,7 +40,33 @@ impl HostGw {
         }
         Ok(Self {
             local: local.clone(),
+            onlink: Vec::new(),
         })
+    }
+
+    /// Re-reads the external interface's connected prefixes.
+    pub async fn refresh(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        self.onlink = onlink_prefixes(nl, self.local.ext_index).await?;
+        Ok(())
+    }
+
+    /// A host-gw peer must be directly reachable: its public address on one of our connected prefixes (a route via
+    /// anything else is refused by the kernel, every pass).
+    pub fn admit_peer(&self, lease: &Lease, peer: &Peer) -> Result<Vec<Claim>, String> {
+        check_type(lease, "host-gw")?;
+        let ips = [
+            peer.subnet.and(peer.public_ip).map(IpAddr::V4),
+            peer.ipv6_subnet.and(peer.public_ipv6).map(IpAddr::V6),
+        ];
+        for ip in ips.into_iter().flatten() {
+            if !self.onlink.is_empty() && !self.onlink.iter().any(|n| n.contains(&ip)) {
+                return Err(format!(
+                    "public IP {ip} is not on a network of {} (host-gw needs every node on one L2 segment)",
+                    self.local.ext_name
+                ));
+            }
+        }
+        Ok(Vec::new())
     }
 
     /// Records the acquired lease (our own subnet is never routed to a peer).
@@ -51,8 +84,8 @@ impl HostGw {
         })
     }
 
-    /// Routes `peer subnet via peer public IP dev ext` for every host-gw peer; removes other routes in the flannel
-    /// networks on the external interface.
+    /// Routes `peer subnet via peer public IP dev ext` for every peer; removes every other route of ours on the
+    /// external interface. One failing route does not stop the others; the first error is returned after the pass.
     pub async fn reconcile(
         &mut self,
         nl: &Netlink,
@@ -64,10 +97,6 @@ impl HostGw {
             if is_self(&self.local, p) {
                 continue;
             }
-            if p.backend_type != "host-gw" {
-                report.skipped += 1;
-                continue;
-            }
             if let (Some(s), Some(ip)) = (p.subnet, p.public_ip) {
                 want.insert(IpNet::V4(s), IpAddr::V4(ip));
             }
@@ -76,33 +105,45 @@ impl HostGw {
             }
         }
         let ext = self.local.ext_index;
+        let mut first_err = None;
         for v6 in [false, true] {
             if (v6 && self.local.ipv6_network.is_none()) || (!v6 && self.local.network.is_none()) {
                 continue;
             }
             let have = nl.routes(v6).await?;
-            for r in have.iter().filter(|r| {
-                r.table == Some(254) && r.oif == Some(ext) && in_networks(&self.local, &r.dst)
-            }) {
-                if want.get(&r.dst) != r.gateway.as_ref() {
-                    nl.delete_route(r).await?;
-                    report.removed += 1;
+            let mut ok: HashMap<IpNet, IpAddr> = HashMap::new();
+            for r in have.iter().filter(|r| managed_route(&self.local, r, ext)) {
+                match (want.get(&r.dst), r.gateway) {
+                    (Some(gw), Some(have_gw)) if *gw == have_gw => {
+                        ok.insert(r.dst, have_gw);
+                    }
+                    (Some(_), _) => {} // replaced below
+                    (None, _) => match nl.delete_route(r).await {
+                        Ok(()) => report.removed += 1,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "host-gw: removing a stale route failed");
+                            first_err.get_or_insert(e);
+                        }
+                    },
                 }
             }
-            let have: HashMap<IpNet, Option<IpAddr>> = have
-                .iter()
-                .filter(|r| r.table == Some(254) && r.oif == Some(ext))
-                .map(|r| (r.dst, r.gateway))
-                .collect();
             for (dst, gw) in want.iter().filter(|(d, _)| d.addr().is_ipv6() == v6) {
-                if have.get(dst) == Some(&Some(*gw)) {
+                if ok.get(dst) == Some(gw) {
                     continue;
                 }
-                nl.add_route(&Route::new(*dst).via(*gw).dev(ext), true)
-                    .await?;
-                report.added += 1;
+                let r = Route::new(*dst).via(*gw).dev(ext).protocol(ROUTE_PROTOCOL);
+                match nl.add_route(&r, true).await {
+                    Ok(()) => report.added += 1,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "host-gw: adding a route failed");
+                        first_err.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(report)
+        match first_err {
+            Some(e) => Err(e.into()),
+            None => Ok(report),
+        }
     }
 }

@@ -4,14 +4,15 @@
 pub mod hostgw;
 pub mod vxlan;
 
+use crate::admission::{Claim, PeerRules};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::link::Mac;
 use serde_json::Value;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use subnet::{Lease, NO_IPV4_SUBNET};
+use subnet::Lease;
 
-/// Another node, as its lease describes it.
-#[derive(Debug, Clone, PartialEq)]
+/// Another node, as its lease describes it, after admission ([`crate::admission`]): every field is checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Peer {
     /// Its IPv4 pod subnet.
     pub subnet: Option<Ipv4Net>,
@@ -23,33 +24,17 @@ pub struct Peer {
     pub public_ipv6: Option<Ipv6Addr>,
     /// `BackendType` of its lease.
     pub backend_type: String,
-    /// `BackendData.VtepMAC` of its lease (vxlan), when present and valid.
+    /// `BackendData.VtepMAC` of its lease (vxlan).
     pub vtep_mac: Option<Mac>,
     /// `BackendV6Data.VtepMAC` of its lease (vxlan over IPv6).
     pub vtep_v6_mac: Option<Mac>,
 }
 
-impl Peer {
-    /// A lease as the backends see it. Only what a backend acts on is kept: the reconciler builds this list
-    /// for every peer on every pass, so it must stay small.
-    pub fn from_lease(l: &Lease) -> Self {
-        let mac = |d: &Option<Value>| {
-            d.as_ref()
-                .and_then(|d| opt(d, "VtepMAC"))
-                .and_then(Value::as_str)
-                .and_then(Mac::parse)
-        };
-        Peer {
-            subnet: (l.subnet != NO_IPV4_SUBNET).then_some(l.subnet),
-            ipv6_subnet: l.ipv6_subnet,
-            public_ip: (!l.attrs.public_ip.is_unspecified()).then_some(l.attrs.public_ip),
-            public_ipv6: l.attrs.public_ipv6,
-            backend_type: l.attrs.backend_type.clone(),
-            vtep_mac: mac(&l.attrs.backend_data),
-            vtep_v6_mac: mac(&l.attrs.backend_v6_data),
-        }
-    }
-}
+/// Route protocol (`RTPROT_*`) of the routes flanneld installs: `ip route` shows `proto 121`. It marks a route as
+/// ours wherever it points, so a route left for a lease that is gone, refused, or outside a changed network is
+/// found and removed. Routes with upstream's `proto boot` inside the network are recognised too (a node switched
+/// from upstream flannel keeps working), and are not rewritten just for their protocol.
+pub const ROUTE_PROTOCOL: u8 = 121;
 
 /// This node's view of the network, fixed at start.
 #[derive(Debug, Clone)]
@@ -96,17 +81,14 @@ pub struct Published {
 pub struct Report {
     /// Entries (routes, neighbours, FDB entries) added or replaced.
     pub added: usize,
-    /// Entries removed because no lease wants them.
+    /// Entries removed because no admitted lease wants them.
     pub removed: usize,
-    /// Peers skipped (other backend type, malformed backend data).
-    pub skipped: usize,
 }
 
 impl std::ops::AddAssign for Report {
     fn add_assign(&mut self, o: Self) {
         self.added += o.added;
         self.removed += o.removed;
-        self.skipped += o.skipped;
     }
 }
 
@@ -167,6 +149,15 @@ impl Backend {
         }
     }
 
+    /// Re-reads what admission and reconciliation depend on that can change under us (the external interface's
+    /// connected prefixes: which peers are on our L2 segment). Called before every pass.
+    pub async fn refresh(&mut self, nl: &kernel::Netlink) -> Result<(), BackendError> {
+        match self {
+            Self::Vxlan(b) => b.refresh(nl).await,
+            Self::HostGw(b) => b.refresh(nl).await,
+        }
+    }
+
     /// Whether the backend's devices still exist.
     pub async fn devices_present(&self, nl: &kernel::Netlink) -> Result<bool, BackendError> {
         match self {
@@ -196,6 +187,58 @@ impl Backend {
     }
 }
 
+impl PeerRules for Backend {
+    fn admit_peer(&self, lease: &Lease, peer: &mut Peer) -> Result<Vec<Claim>, String> {
+        match self {
+            Self::Vxlan(b) => b.admit_peer(lease, peer),
+            Self::HostGw(b) => b.admit_peer(lease, peer),
+        }
+    }
+
+    fn own_claims(&self) -> Vec<Claim> {
+        match self {
+            Self::Vxlan(b) => b.own_claims(),
+            Self::HostGw(_) => Vec::new(),
+        }
+    }
+}
+
+/// Refuses a lease of another backend type (upstream logs "ignoring non-vxlan subnet" and skips it the same way).
+pub(crate) fn check_type(lease: &Lease, want: &str) -> Result<(), String> {
+    if lease.attrs.backend_type == want {
+        Ok(())
+    } else {
+        Err(format!(
+            "BackendType {:?}: this network runs {want}",
+            lease.attrs.backend_type
+        ))
+    }
+}
+
+/// The connected (on-link) prefixes of the external interface.
+pub(crate) async fn onlink_prefixes(
+    nl: &kernel::Netlink,
+    ext_index: u32,
+) -> Result<Vec<IpNet>, BackendError> {
+    Ok(nl
+        .addresses(ext_index)
+        .await?
+        .into_iter()
+        .filter(|a| a.scope == 0)
+        .map(|a| a.net.trunc())
+        .collect())
+}
+
+/// Whether a route found in the kernel is one flanneld may manage on interface `oif`: ours by protocol wherever it
+/// points, or a route with a next hop inside the flannel networks (upstream's, `proto boot`).
+pub(crate) fn managed_route(local: &Local, r: &kernel::route::Route, oif: u32) -> bool {
+    r.table == Some(254)
+        && !r.blackhole
+        && r.oif == Some(oif)
+        && r.gateway.is_some()
+        && (r.protocol == ROUTE_PROTOCOL || in_networks(local, &r.dst))
+}
+
 /// Whether `dst` lies inside one of the flannel networks (we never touch routes outside them).
 pub(crate) fn in_networks(local: &Local, dst: &IpNet) -> bool {
     match dst {
@@ -217,47 +260,4 @@ pub(crate) fn opt<'a>(options: &'a Value, key: &str) -> Option<&'a Value> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(key))
         .map(|(_, v)| v)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-    use subnet::{Expiration, LeaseAttrs};
-
-    fn lease(data: Option<Value>) -> Lease {
-        Lease::new(
-            "10.244.2.0-24".parse().unwrap(),
-            LeaseAttrs {
-                public_ip: Ipv4Addr::new(192, 0, 2, 2),
-                backend_type: "vxlan".into(),
-                backend_data: data,
-                ..Default::default()
-            },
-            Expiration::Unknown,
-            1,
-        )
-    }
-
-    #[test]
-    fn peer_from_lease_keeps_only_what_backends_use() {
-        let p = Peer::from_lease(&lease(Some(
-            json!({"VNI": 1, "vtepmac": "0e:00:00:00:00:02"}),
-        )));
-        assert_eq!(p.subnet, Some("10.244.2.0/24".parse().unwrap()));
-        assert_eq!(p.public_ip, Some(Ipv4Addr::new(192, 0, 2, 2)));
-        assert_eq!(
-            p.vtep_mac.map(|m| m.to_string()).as_deref(),
-            Some("0e:00:00:00:00:02")
-        );
-        assert_eq!(p.vtep_v6_mac, None);
-        for bad in [
-            None,
-            Some(json!({"VtepMAC": "zz"})),
-            Some(json!("x")),
-            Some(json!({"VtepMAC": 5})),
-        ] {
-            assert_eq!(Peer::from_lease(&lease(bad)).vtep_mac, None);
-        }
-    }
 }

@@ -2,7 +2,11 @@
 //! (peer subnet address → peer VTEP MAC), one FDB entry (VTEP MAC → peer public IP) and one onlink route. With
 //! `DirectRouting`, peers on our own L2 segment get a plain route via their host address instead.
 
-use super::{in_networks, is_self, opt, BackendError, Local, Peer, Published, Report};
+use super::{
+    check_type, is_self, managed_route, onlink_prefixes, opt, BackendError, Local, Peer, Published,
+    Report, ROUTE_PROTOCOL,
+};
+use crate::admission::{check_vtep_mac, Claim};
 use futures::stream::{self, StreamExt};
 use ipnet::IpNet;
 use kernel::neigh::Neighbour;
@@ -12,6 +16,7 @@ use kernel::{Mac, Netlink};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use subnet::Lease;
 
 /// VXLAN encapsulation overhead over IPv4 (outer IP 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
 const OVERHEAD_V4: u32 = 50;
@@ -145,7 +150,14 @@ impl Vxlan {
                     ))
                 })?;
             let mtu = underlay.saturating_sub(OVERHEAD_V4);
-            let dev = self.device(nl, n4, src, mtu, seed).await?;
+            // A device recreated after it was deleted keeps the MAC our lease announces, so peers' FDB and
+            // neighbour entries stay right; a new one gets the MAC derived from (public IP, VNI).
+            let mac = self
+                .v4
+                .as_ref()
+                .map(|d| d.mac)
+                .unwrap_or_else(|| stable_vtep_mac(seed, self.cfg.vni));
+            let dev = self.device(nl, n4, src, mtu, mac).await?;
             published.backend_data =
                 Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}));
             self.v4 = Some(dev);
@@ -164,7 +176,12 @@ impl Vxlan {
                     ))
                 })?;
             let mtu6 = underlay.saturating_sub(OVERHEAD_V6);
-            let dev = self.device(nl, n6, src, mtu6, seed).await?;
+            let mac = self
+                .v6
+                .as_ref()
+                .map(|d| d.mac)
+                .unwrap_or_else(|| stable_vtep_mac(seed, self.cfg.vni));
+            let dev = self.device(nl, n6, src, mtu6, mac).await?;
             published.backend_v6_data =
                 Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}));
             published.mtu = if self.local.network.is_none() {
@@ -174,14 +191,40 @@ impl Vxlan {
             };
             self.v6 = Some(dev);
         }
-        self.onlink = nl
-            .addresses(self.local.ext_index)
-            .await?
-            .into_iter()
-            .filter(|a| a.scope == 0)
-            .map(|a| a.net.trunc())
-            .collect();
+        self.onlink = onlink_prefixes(nl, self.local.ext_index).await?;
         Ok(published)
+    }
+
+    /// Re-reads the external interface's connected prefixes (which peers DirectRouting reaches directly).
+    pub async fn refresh(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        self.onlink = onlink_prefixes(nl, self.local.ext_index).await?;
+        Ok(())
+    }
+
+    /// A vxlan peer must announce a unicast VTEP MAC for every family it has a subnet of (upstream skips a lease
+    /// whose backend data does not decode the same way); the MAC is claimed exclusively.
+    pub fn admit_peer(&self, lease: &Lease, peer: &mut Peer) -> Result<Vec<Claim>, String> {
+        check_type(lease, "vxlan")?;
+        let mut claims = Vec::new();
+        if peer.subnet.is_some() && self.v4.is_some() {
+            let mac = check_vtep_mac(lease.attrs.backend_data.as_ref(), "BackendData")?;
+            peer.vtep_mac = Some(mac);
+            claims.push(Claim::VtepMac4(mac));
+        }
+        if peer.ipv6_subnet.is_some() && self.v6.is_some() {
+            let mac = check_vtep_mac(lease.attrs.backend_v6_data.as_ref(), "BackendV6Data")?;
+            peer.vtep_v6_mac = Some(mac);
+            claims.push(Claim::VtepMac6(mac));
+        }
+        Ok(claims)
+    }
+
+    /// Our own VTEP MACs: no peer may announce them.
+    pub fn own_claims(&self) -> Vec<Claim> {
+        let mut c = Vec::new();
+        c.extend(self.v4.as_ref().map(|d| Claim::VtepMac4(d.mac)));
+        c.extend(self.v6.as_ref().map(|d| Claim::VtepMac6(d.mac)));
+        c
     }
 
     async fn device(
@@ -190,7 +233,7 @@ impl Vxlan {
         name: String,
         src: Option<IpAddr>,
         mtu: u32,
-        mac_seed: IpAddr,
+        mac: Mac,
     ) -> Result<Device, BackendError> {
         let l = nl
             .ensure_vxlan(&VxlanSpec {
@@ -202,7 +245,7 @@ impl Vxlan {
                 learning: self.cfg.learning,
                 gbp: self.cfg.gbp,
                 mtu: Some(mtu),
-                mac: stable_vtep_mac(mac_seed, self.cfg.vni),
+                mac,
             })
             .await?;
         let mac = l
@@ -287,22 +330,14 @@ impl Vxlan {
                         p.vtep_mac,
                     )
                 };
-                let (Some(subnet), Some(public)) = (subnet, public) else {
+                // Admission guarantees all three for every family the peer has a subnet of.
+                let (Some(subnet), Some(public), Some(mac)) = (subnet, public, data) else {
                     continue;
                 };
-                if p.backend_type != "vxlan" {
-                    report.skipped += 1;
-                    continue;
-                }
                 if self.direct(public) {
                     routes.insert(subnet, (public, self.local.ext_index, false));
                     continue;
                 }
-                let Some(mac) = data else {
-                    tracing::warn!(subnet = %subnet, "skipping peer: lease has no valid VtepMAC");
-                    report.skipped += 1;
-                    continue;
-                };
                 let gw = subnet.network();
                 routes.insert(subnet, (gw, dev.index, true));
                 neigh.insert(gw, mac);
@@ -312,13 +347,18 @@ impl Vxlan {
             // Current state, one dump each.
             let have_routes = nl.routes(v6).await?;
             let mut have_route_set: HashSet<(IpNet, Option<IpAddr>, Option<u32>)> = HashSet::new();
-            for r in have_routes.iter().filter(|r| r.table == Some(254)) {
+            for r in have_routes.iter() {
                 // Every route we make has a next hop (the peer's `.0` on the device, or the peer itself with
                 // DirectRouting). Next-hop-less routes on the device are the kernel's: IPv6 adds a prefix
-                // route for the device's own /128 address, which must not be reconciled away.
-                let ours = r.gateway.is_some()
-                    && (r.oif == Some(dev.index) || r.oif == Some(self.local.ext_index));
-                if !ours || !in_networks(&self.local, &r.dst) || r.blackhole {
+                // route for the device's own /128 address, which must not be reconciled away. A routed next hop
+                // on our own device is ours whatever its destination (an earlier version, or upstream, may have
+                // programmed a lease outside the network); on the external interface only our protocol or the
+                // flannel networks say so.
+                let on_device = r.table == Some(254)
+                    && !r.blackhole
+                    && r.gateway.is_some()
+                    && r.oif == Some(dev.index);
+                if !on_device && !managed_route(&self.local, r, self.local.ext_index) {
                     continue;
                 }
                 match routes.get(&r.dst) {
@@ -331,7 +371,7 @@ impl Vxlan {
             }
             for (dst, (gw, oif, onlink)) in &routes {
                 if !have_route_set.contains(&(*dst, Some(*gw), Some(*oif))) {
-                    let mut r = Route::new(*dst).via(*gw).dev(*oif);
+                    let mut r = Route::new(*dst).via(*gw).dev(*oif).protocol(ROUTE_PROTOCOL);
                     r.onlink = *onlink;
                     ops.push(Op::AddRoute(r));
                 }
