@@ -116,10 +116,82 @@ pub fn join_key(parts: &[&str]) -> String {
     }
 }
 
-/// Classifies an etcd client error so that callers know whether to retry.
-fn map_err(e: etcd_client::Error) -> RegistryError {
+/// The error and every cause under it, each once: tonic's "transport error" or "tcp connect error" alone does not
+/// say what went wrong, the causes do ("Connection refused", "invalid peer certificate: UnknownIssuer").
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    chain_after(String::new(), e)
+}
+
+/// [`chain`] continuing a text that already says something (a status message).
+fn chain_after(first: String, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    if !first.is_empty() {
+        parts.push(first);
+    }
+    let mut cur = Some(e);
+    while let Some(x) = cur {
+        let t = x.to_string();
+        // "transport error" says nothing the causes do not.
+        if !t.is_empty() && t != "transport error" && !parts.iter().any(|p| p.contains(&t)) {
+            parts.push(t);
+        }
+        cur = x.source();
+    }
+    parts.join(": ")
+}
+
+/// What an operator should read first about an unreachable etcd: refused, timed out, TLS, name resolution.
+fn cause(detail: &str) -> &'static str {
+    let d = detail.to_ascii_lowercase();
+    if d.contains("connection refused") {
+        "connection refused"
+    } else if d.contains("certificate")
+        || d.contains("tls")
+        || d.contains("handshake")
+        || d.contains("corrupt message")
+        || d.contains("invalid content type")
+    {
+        "TLS handshake failed"
+    } else if d.contains("dns error")
+        || d.contains("failed to lookup")
+        || d.contains("name or service")
+    {
+        "name resolution failed"
+    } else if d.contains("no route to host") || d.contains("network is unreachable") {
+        "no route to etcd"
+    } else if d.contains("timed out") || d.contains("deadline") || d.contains("no answer") {
+        "timed out"
+    } else if d.contains("connection reset")
+        || d.contains("broken pipe")
+        || d.contains("connection closed")
+    {
+        "connection lost"
+    } else {
+        "unavailable"
+    }
+}
+
+/// An unavailable etcd, named with its endpoints and the cause.
+fn unavailable(endpoints: &[String], what: &str, detail: &str) -> RegistryError {
+    RegistryError::Unavailable(format!(
+        "etcd at {} ({what}): {}: {detail}",
+        endpoints.join(", "),
+        cause(detail)
+    ))
+}
+
+/// Classifies an etcd client error so that callers know whether to retry; `endpoints` and `what` name what failed.
+fn map_err(e: etcd_client::Error, endpoints: &[String], what: &str) -> RegistryError {
     use etcd_client::Error as E;
     use tonic::Code;
+    let detail = match &e {
+        // A status prints its source in Debug form; its message and the sources' own texts read better.
+        E::GRpcStatus(s) => match std::error::Error::source(s) {
+            Some(src) => chain_after(s.message().to_string(), src),
+            None => s.message().to_string(),
+        },
+        other => chain(other),
+    };
     match e {
         E::GRpcStatus(s) => {
             let msg = s.message().to_string();
@@ -130,7 +202,7 @@ fn map_err(e: etcd_client::Error) -> RegistryError {
                 | Code::Aborted
                 | Code::ResourceExhausted
                 | Code::Unknown
-                | Code::Internal => RegistryError::Unavailable(msg),
+                | Code::Internal => unavailable(endpoints, what, &detail),
                 Code::PermissionDenied | Code::Unauthenticated => RegistryError::Denied(msg),
                 // etcd answers a bad password and a missing user (auth on, no credentials)
                 // with InvalidArgument.
@@ -143,9 +215,9 @@ fn map_err(e: etcd_client::Error) -> RegistryError {
                 _ => RegistryError::Other(format!("{:?}: {msg}", s.code())),
             }
         }
-        E::TransportError(e) => RegistryError::Unavailable(format!("transport error: {e}")),
-        E::IoError(e) => RegistryError::Unavailable(format!("io error: {e}")),
-        E::WatchError(e) => RegistryError::Unavailable(format!("watch error: {e}")),
+        E::TransportError(_) | E::IoError(_) | E::WatchError(_) => {
+            unavailable(endpoints, what, &detail)
+        }
         e @ (E::InvalidArgs(_)
         | E::InvalidUri(_)
         | E::EndpointError(_)
@@ -263,13 +335,16 @@ impl EtcdRegistry {
         )
         .await
         {
-            Ok(r) => r.map_err(map_err)?,
+            Ok(r) => r.map_err(|e| map_err(e, &opts.endpoints, "connect"))?,
             Err(_) => {
-                return Err(RegistryError::Unavailable(format!(
-                    "no answer from etcd at {} within {:?}",
-                    opts.endpoints.join(","),
-                    opts.request_timeout + opts.connect_timeout
-                )))
+                return Err(unavailable(
+                    &opts.endpoints,
+                    "connect",
+                    &format!(
+                        "no answer within {:?}",
+                        opts.request_timeout + opts.connect_timeout
+                    ),
+                ))
             }
         };
         let config_key = join_key(&[&opts.prefix, "config"]);
@@ -307,14 +382,15 @@ impl EtcdRegistry {
     ) -> Result<T, RegistryError> {
         match tokio::time::timeout(self.opts.request_timeout, fut).await {
             Ok(r) => r.map_err(|e| {
-                let e = map_err(e);
+                let e = map_err(e, &self.opts.endpoints, what);
                 debug!(%what, error = %e, "etcd request failed");
                 e
             }),
-            Err(_) => Err(RegistryError::Unavailable(format!(
-                "{what}: no answer from etcd within {:?}",
-                self.opts.request_timeout
-            ))),
+            Err(_) => Err(unavailable(
+                &self.opts.endpoints,
+                what,
+                &format!("no answer within {:?}", self.opts.request_timeout),
+            )),
         }
     }
 
@@ -478,16 +554,20 @@ impl EtcdRegistry {
         let mut c = self.client.clone();
         let stream = self.timed("watch", c.watch(key, Some(opts))).await?;
         let dir = self.subnets_dir.clone();
+        let endpoints = self.opts.endpoints.clone();
         let s = futures::stream::unfold(Some(stream), move |state| {
             let dir = dir.clone();
+            let endpoints = endpoints.clone();
             async move {
                 let mut stream = state?;
                 loop {
                     let item = match stream.next().await {
-                        None => Err(RegistryError::Unavailable(
-                            "etcd closed the watch stream".into(),
+                        None => Err(unavailable(
+                            &endpoints,
+                            "watch",
+                            "connection closed: etcd ended the watch stream",
                         )),
-                        Some(Err(e)) => Err(map_err(e)),
+                        Some(Err(e)) => Err(map_err(e, &endpoints, "watch")),
                         Some(Ok(resp)) => match convert(&dir, after, &resp) {
                             Step::Skip => continue,
                             Step::Batch(b) => Ok(b),

@@ -480,3 +480,63 @@ async fn lease_created_revision_kept() {
     let fx = EtcdFixture::start().await;
     suite::lease_created_revision_kept(&fx).await;
 }
+
+/// What an operator reads when etcd cannot be reached: which endpoints, and why (refused, timed out, TLS).
+#[tokio::test]
+async fn unreachable_etcd_is_named_with_the_cause() {
+    let opts = |url: String| EtcdOptions {
+        endpoints: vec![url],
+        request_timeout: Duration::from_secs(1),
+        connect_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let failure = |r: Result<String, RegistryError>| match r {
+        Err(RegistryError::Unavailable(m)) => {
+            println!("{m}");
+            m
+        }
+        other => panic!("expected an unavailable store, got {other:?}"),
+    };
+
+    // Nothing listens: refused.
+    let closed = format!("http://127.0.0.1:{}", common::free_port());
+    let r = EtcdRegistry::connect(opts(closed.clone()))
+        .await
+        .expect("connect is lazy");
+    let m = failure(r.get_network_config().await);
+    assert!(
+        m.contains(&closed) && m.contains("connection refused"),
+        "{m}"
+    );
+
+    // Something accepts and never answers: timed out.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", silent.local_addr().expect("addr"));
+    let held = std::thread::spawn(move || {
+        // Keep the accepted connections open (and silent) until the listener's test is done.
+        let conns: Vec<_> = silent.incoming().take(4).flatten().collect();
+        std::thread::sleep(Duration::from_secs(5));
+        drop(conns);
+    });
+    let r = EtcdRegistry::connect(opts(url.clone()))
+        .await
+        .expect("connect is lazy");
+    let m = failure(r.get_network_config().await);
+    assert!(m.contains(&url) && m.contains("timed out"), "{m}");
+    drop(held);
+
+    // TLS to a plain-HTTP etcd: the handshake fails, and the message says so.
+    let server = EtcdServer::start().await;
+    let tls_url = server.url().replace("http://", "https://");
+    match EtcdRegistry::connect(opts(tls_url.clone())).await {
+        Err(RegistryError::Unavailable(m)) => {
+            println!("{m}");
+            assert!(m.contains(&tls_url) && m.contains("TLS"), "{m}")
+        }
+        Err(e) => panic!("unexpected {e:?}"),
+        Ok(r) => {
+            let m = failure(r.get_network_config().await);
+            assert!(m.contains(&tls_url) && m.contains("TLS"), "{m}");
+        }
+    }
+}

@@ -45,7 +45,7 @@ impl Drop for TempDir {
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     // Bind port 0 and release it: the kernel picked a port nobody uses right now.
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
