@@ -84,7 +84,13 @@ fn package_list_has_what_the_build_needs() {
         .map(|l| l.split('#').next().unwrap_or(""))
         .flat_map(str::split_whitespace)
         .collect();
-    for p in ["protobuf-compiler", "libprotobuf-dev", "gcc", "libc6-dev", "strace"] {
+    for p in [
+        "protobuf-compiler",
+        "libprotobuf-dev",
+        "gcc",
+        "libc6-dev",
+        "strace",
+    ] {
         assert!(pkgs.contains(&p), "scripts/packages lacks {p}: {pkgs:?}");
     }
     // Everything the build itself uses is proven by .ci/run (scripts/deps-check.sh); its self-test must pass here.

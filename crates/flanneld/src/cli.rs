@@ -113,12 +113,14 @@ pub struct Options {
           default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub ip_masq: bool,
 
-    /// Use --random instead of --random-fully in the MASQUERADE rules
+    /// Leave out --random-fully (nftables: fully-random) from the MASQUERADE rules: source ports are then chosen
+    /// the kernel's default way, not fully at random
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false",
           default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub ip_masq_fully_random_disable: bool,
 
-    /// Get subnets from the Kubernetes API instead of etcd
+    /// Get subnets from the Kubernetes API instead of etcd (not implemented in flannel-rs yet: flanneld exits with
+    /// an error when it is set)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false",
           default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub kube_subnet_mgr: bool,
@@ -186,6 +188,12 @@ pub struct Options {
     /// Directory of the embedded lease store, used instead of etcd (flannel-rs extension)
     #[arg(long, value_name = "DIR", value_parser = path_parser())]
     pub local_store: Option<PathBuf>,
+
+    /// Answer /status (every node's lease and public IP) to clients on other hosts too; by default only loopback
+    /// clients get it, while /healthz and /readyz answer everyone (flannel-rs extension)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false",
+          default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
+    pub status_remote: bool,
 }
 
 impl Default for Options {
@@ -226,6 +234,7 @@ impl Default for Options {
             vmodule: None,
             log_backtrace_at: None,
             local_store: None,
+            status_remote: false,
         }
     }
 }
@@ -1121,6 +1130,24 @@ mod tests {
             CliError::Clap(c) => assert_eq!(c.kind(), clap::error::ErrorKind::DisplayHelp),
             other => panic!("{other}"),
         }
+    }
+
+    #[test]
+    fn help_says_what_the_flags_do() {
+        let help = command().render_long_help().to_string();
+        let about = |flag: &str| {
+            let start = help.find(flag).unwrap_or_else(|| panic!("{flag} missing"));
+            help[start..].split("\n\n").next().unwrap_or("").to_string()
+        };
+        // The flag removes --random-fully; it never adds --random.
+        let frd = about("--ip-masq-fully-random-disable");
+        assert!(frd.contains("Leave out --random-fully"), "{frd}");
+        assert!(!frd.contains("Use --random instead"), "{frd}");
+        // Never claim what is not built.
+        let kube = about("--kube-subnet-mgr");
+        assert!(kube.contains("not implemented"), "{kube}");
+        let st = about("--status-remote");
+        assert!(st.contains("only loopback"), "{st}");
     }
 
     #[test]

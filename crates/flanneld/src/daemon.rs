@@ -168,6 +168,7 @@ fn sd_notify_ready() {
 /// Runs the daemon until it should exit.
 pub async fn run(opts: Options) -> Result<Exit> {
     let state = Arc::new(health::State::default());
+    state.set_status_remote(opts.status_remote);
     if let Some(addr) = opts.healthz_addr() {
         let addr: SocketAddr = addr
             .parse()
@@ -210,6 +211,11 @@ pub async fn run(opts: Options) -> Result<Exit> {
         public_ipv6: ext.ext_v6_addr,
     };
     let mut backend = Backend::new(&cfg.backend_type, &cfg.backend, &local)?;
+    info!(
+        "using backend {} on interface {}",
+        backend.type_name(),
+        local.ext_name
+    );
     let published = backend.setup(&nl).await?;
 
     let attrs = lease_attrs(&local, &published);

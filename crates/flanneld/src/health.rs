@@ -9,7 +9,7 @@
 //! everything else the daemon holds.
 
 use crate::admission::Refusal;
-use axum::extract::State as AxState;
+use axum::extract::{ConnectInfo, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -53,9 +53,16 @@ pub struct State {
     last: RwLock<Option<LastReconcile>>,
     /// Leases admission refused in the last pass, and why.
     refused: RwLock<BTreeMap<SubnetKey, Refusal>>,
+    /// `--status-remote`: answer /status to non-loopback clients too.
+    status_remote: AtomicBool,
 }
 
 impl State {
+    /// Whether /status answers clients on other hosts (`--status-remote`).
+    pub fn set_status_remote(&self, remote: bool) {
+        self.status_remote.store(remote, Ordering::Relaxed);
+    }
+
     /// Marks the daemon ready (subnet.env written, rules in place).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
@@ -222,11 +229,35 @@ async fn readyz(AxState(st): AxState<Arc<State>>) -> impl IntoResponse {
     }
 }
 
-async fn status(AxState(st): AxState<Arc<State>>) -> impl IntoResponse {
+/// Whether a client address is this host's loopback (IPv4, IPv6, or IPv4-mapped IPv6 on a dual-stack socket).
+fn is_loopback(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.is_loopback(),
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+async fn status(
+    AxState(st): AxState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> axum::response::Response {
+    // /status lists every node's lease and public IP: by default only for this host (flannelctl status), while
+    // the health endpoints answer the kubelet and load balancers from anywhere.
+    if !st.status_remote.load(Ordering::Relaxed) && !is_loopback(peer.ip()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "flanneld: /status is served to loopback clients only (start flanneld with --status-remote to serve \
+             it to other hosts)\n",
+        )
+            .into_response();
+    }
     (
         [(header::CONTENT_TYPE, "application/json")],
         st.status_json(),
     )
+        .into_response()
 }
 /// The router with every endpoint.
 pub fn router(state: Arc<State>) -> Router {
@@ -242,9 +273,14 @@ pub async fn serve(addr: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(e.kind(), format!("healthz: cannot listen on {addr}: {e}"))
     })?;
-    tracing::info!(%addr, "serving /healthz, /readyz and /status");
+    if state.status_remote.load(Ordering::Relaxed) {
+        tracing::info!(%addr, "serving /healthz, /readyz and /status");
+    } else {
+        tracing::info!(%addr, "serving /healthz and /readyz, and /status to loopback clients");
+    }
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(state)).await {
+        let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+        if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "health server stopped");
         }
     });

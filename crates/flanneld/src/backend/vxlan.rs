@@ -251,6 +251,19 @@ impl Vxlan {
         let mac = l
             .mac
             .ok_or_else(|| BackendError::Unsupported(format!("{} has no MAC", l.name)))?;
+        // 0 is the kernel's default port, which Linux's VXLAN driver takes as 8472 (not IANA's 4789).
+        let port = if self.cfg.port == 0 {
+            8472
+        } else {
+            self.cfg.port
+        };
+        tracing::info!(
+            "VXLAN device {}: VNI {}, UDP port {port}, local {} on {}, VTEP MAC {mac}, MTU {mtu}",
+            l.name,
+            self.cfg.vni,
+            src.map(|a| a.to_string()).unwrap_or_else(|| "any".into()),
+            self.local.ext_name,
+        );
         Ok(Device {
             index: l.index,
             mac,
