@@ -6,10 +6,6 @@ use std::process::Command;
 
 const CTL: &str = env!("CARGO_BIN_EXE_flannelctl");
 
-fn root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 fn ctl(args: &[&str]) -> (i32, String) {
     let out = Command::new(CTL)
         .args(args)
@@ -76,12 +72,8 @@ impl Drop for Down {
     }
 }
 
-#[test]
 fn lab_up_status_exec_down() {
-    if !root() {
-        eprintln!("skipped: the lab needs root");
-        return;
-    }
+    testkit::require_root();
     let bins = Path::new(CTL).parent().expect("bin dir");
     for b in ["flanneld", "flannel", "bridge", "host-local", "loopback"] {
         assert!(
@@ -143,3 +135,5 @@ fn lab_up_status_exec_down() {
     assert_eq!(code, 0, "{out}");
     assert_clean();
 }
+
+testkit::main!(lab_up_status_exec_down,);

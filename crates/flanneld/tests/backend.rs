@@ -12,10 +12,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()>,
 {
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: needs root");
-        return;
-    }
+    testkit::require_root();
     std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -81,7 +78,6 @@ fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
 fn vxlan_programs_and_prunes_peers() {
     in_netns(|| async {
         let nl = Netlink::current().unwrap();
@@ -190,7 +186,6 @@ fn vxlan_programs_and_prunes_peers() {
     });
 }
 
-#[test]
 fn vxlan_direct_routing_uses_host_route_on_same_segment() {
     in_netns(|| async {
         let nl = Netlink::current().unwrap();
@@ -214,7 +209,6 @@ fn vxlan_direct_routing_uses_host_route_on_same_segment() {
     });
 }
 
-#[test]
 fn host_gw_routes_and_nat_check() {
     in_netns(|| async {
         let nl = Netlink::current().unwrap();
@@ -282,7 +276,6 @@ fn host_gw_routes_and_nat_check() {
     });
 }
 
-#[test]
 fn unknown_backend_is_named() {
     let e = Backend::new("ipsec-ish", &json!({}), &local(1))
         .err()
@@ -290,3 +283,10 @@ fn unknown_backend_is_named() {
         .to_string();
     assert!(e.contains("ipsec-ish"), "{e}");
 }
+
+testkit::main!(
+    vxlan_programs_and_prunes_peers,
+    vxlan_direct_routing_uses_host_route_on_same_segment,
+    host_gw_routes_and_nat_check,
+    unknown_backend_is_named,
+);

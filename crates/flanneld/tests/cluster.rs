@@ -45,7 +45,6 @@ fn route_to(c: &Cluster, n: usize, dst: &str) -> Option<Value> {
 // 1. vxlan
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn vxlan_three_nodes_full_mesh() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -132,7 +131,6 @@ fn vxlan_three_nodes_full_mesh() {
 // 2. vxlan with DirectRouting
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn vxlan_direct_routing_on_same_segment() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -162,7 +160,6 @@ fn vxlan_direct_routing_on_same_segment() {
 // 3. host-gw
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn host_gw_routes_via_public_ips() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -188,7 +185,6 @@ fn host_gw_routes_via_public_ips() {
 // 4. Restarts under a continuous ping
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn restart_under_continuous_ping() {
     let mut c = Cluster::builder()
         .nodes(2)
@@ -282,7 +278,6 @@ fn restart_under_continuous_ping() {
 // 5. Dual stack
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn dual_stack_vxlan() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -356,7 +351,6 @@ fn dual_stack_vxlan() {
 // 6. Lease removal
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn removed_lease_is_unprogrammed_everywhere() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -408,7 +402,6 @@ fn removed_lease_is_unprogrammed_everywhere() {
 // 7. etcd down for 20 s
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn etcd_down_twenty_seconds() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -502,7 +495,6 @@ fn etcd_down_twenty_seconds() {
 // 8. A peer removed while a daemon was down is cleaned at its start
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn stale_peer_removed_at_start() {
     let mut c = Cluster::builder()
         .nodes(3)
@@ -549,7 +541,6 @@ fn stale_peer_removed_at_start() {
 // 9. 50 daemons acquiring at once
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn fifty_daemons_get_fifty_distinct_subnets() {
     const N: usize = 50;
     let mut c = Cluster::builder()
@@ -626,7 +617,6 @@ fn fifty_daemons_get_fifty_distinct_subnets() {
 // 10. Bad config
 // ------------------------------------------------------------------------------------------------
 
-#[test]
 fn bad_config_exits_naming_key_and_value() {
     let mut c = Cluster::builder().nodes(1).no_config().build();
     let key = format!("{ETCD_PREFIX}/config");
@@ -702,3 +692,16 @@ fn bad_config_exits_naming_key_and_value() {
         );
     }
 }
+
+testkit::main!(
+    vxlan_three_nodes_full_mesh,
+    vxlan_direct_routing_on_same_segment,
+    host_gw_routes_via_public_ips,
+    restart_under_continuous_ping,
+    dual_stack_vxlan,
+    removed_lease_is_unprogrammed_everywhere,
+    etcd_down_twenty_seconds,
+    stale_peer_removed_at_start,
+    fifty_daemons_get_fifty_distinct_subnets,
+    bad_config_exits_naming_key_and_value,
+);

@@ -94,7 +94,6 @@ fn canary(c: &Cluster, nodes: &[usize], third: u8) {
     }
 }
 
-#[test]
 fn leases_outside_the_network_misaligned_or_with_host_bits_are_never_programmed() {
     let c = Cluster::builder().nodes(3).config(config()).start();
     // 192.0.2.192/26 covers the underlay, etcd (192.0.2.254) included: programmed, it would send every node's
@@ -148,7 +147,6 @@ fn leases_outside_the_network_misaligned_or_with_host_bits_are_never_programmed(
     }
 }
 
-#[test]
 fn duplicate_vtep_mac_first_holder_keeps_it() {
     let mut c = Cluster::builder().nodes(3).config(config()).start();
     let a = c.add_pod(1);
@@ -200,7 +198,6 @@ fn duplicate_vtep_mac_first_holder_keeps_it() {
     c.vxlan_programmed(1, s2, &mac2, pub2).unwrap();
 }
 
-#[test]
 fn dual_stack_lease_overlapping_a_node_on_one_family_is_refused() {
     let c = Cluster::builder()
         .nodes(2)
@@ -253,7 +250,6 @@ fn dual_stack_lease_overlapping_a_node_on_one_family_is_refused() {
     c.wait_vxlan_programmed(1, 2, secs(5));
 }
 
-#[test]
 fn own_lease_overwritten_is_restored_within_seconds() {
     let mut c = Cluster::builder().nodes(2).config(config()).start();
     let a = c.add_pod(1);
@@ -294,7 +290,6 @@ fn own_lease_overwritten_is_restored_within_seconds() {
     );
 }
 
-#[test]
 fn stale_entries_are_removed_whatever_put_them_there() {
     let c = Cluster::builder().nodes(2).config(config()).start();
     c.wait_vxlan_programmed(1, 2, secs(10));
@@ -405,7 +400,6 @@ fn stale_entries_are_removed_whatever_put_them_there() {
     assert_eq!(r[0]["protocol"], "121", "{r:?}");
 }
 
-#[test]
 fn invalid_lease_is_logged_once_per_revision_and_counted() {
     let c = Cluster::builder().nodes(2).config(config()).start();
     c.put(
@@ -456,7 +450,6 @@ fn invalid_lease_is_logged_once_per_revision_and_counted() {
     }
 }
 
-#[test]
 fn recreated_device_keeps_the_mac_its_lease_announces() {
     let mut c = Cluster::builder().nodes(2).config(config()).build();
     // Node 1 was switched from upstream flannel: its flannel.1 exists with a MAC of upstream's choosing.
@@ -509,3 +502,13 @@ fn recreated_device_keeps_the_mac_its_lease_announces() {
     c.wait_vxlan_programmed(2, 1, secs(10));
     c.ping_matrix_of(&[a, b], false);
 }
+
+testkit::main!(
+    leases_outside_the_network_misaligned_or_with_host_bits_are_never_programmed,
+    duplicate_vtep_mac_first_holder_keeps_it,
+    dual_stack_lease_overlapping_a_node_on_one_family_is_refused,
+    own_lease_overwritten_is_restored_within_seconds,
+    stale_entries_are_removed_whatever_put_them_there,
+    invalid_lease_is_logged_once_per_revision_and_counted,
+    recreated_device_keeps_the_mac_its_lease_announces,
+);

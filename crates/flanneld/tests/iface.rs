@@ -21,6 +21,7 @@ where
     Fut: Future<Output = T>,
     T: Send + 'static,
 {
+    testkit::require_root();
     std::thread::spawn(move || {
         nix::sched::unshare(CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET) (these tests need root)");
@@ -125,7 +126,6 @@ async fn pick(t: &Topo, o: &SelectOptions, stack: IpStack) -> ExternalInterface 
     }
 }
 
-#[test]
 fn default_route_interface() {
     in_netns(|| async {
         let t = topo().await;
@@ -154,7 +154,6 @@ fn default_route_interface() {
     });
 }
 
-#[test]
 fn dual_stack_default_routes_must_share_the_interface() {
     in_netns(|| async {
         let t = topo().await;
@@ -182,7 +181,6 @@ fn dual_stack_default_routes_must_share_the_interface() {
     });
 }
 
-#[test]
 fn no_default_route() {
     in_netns(|| async {
         let t = topo().await;
@@ -202,7 +200,6 @@ fn no_default_route() {
     });
 }
 
-#[test]
 fn iface_by_name_and_ip() {
     in_netns(|| async {
         let t = topo().await;
@@ -254,7 +251,6 @@ fn iface_by_name_and_ip() {
     });
 }
 
-#[test]
 fn iface_regex_addresses_then_names() {
     in_netns(|| async {
         let t = topo().await;
@@ -281,7 +277,6 @@ fn iface_regex_addresses_then_names() {
     });
 }
 
-#[test]
 fn iface_can_reach() {
     in_netns(|| async {
         let t = topo().await;
@@ -327,7 +322,6 @@ fn iface_can_reach() {
     });
 }
 
-#[test]
 fn public_ip() {
     in_netns(|| async {
         let t = topo().await;
@@ -357,7 +351,6 @@ fn public_ip() {
     });
 }
 
-#[test]
 fn from_command_line() {
     in_netns(|| async {
         let t = topo().await;
@@ -371,3 +364,14 @@ fn from_command_line() {
         assert_eq!(e.ext_addr, Some(Ipv4Addr::new(203, 0, 113, 7)));
     });
 }
+
+testkit::main!(
+    default_route_interface,
+    dual_stack_default_routes_must_share_the_interface,
+    no_default_route,
+    iface_by_name_and_ip,
+    iface_regex_addresses_then_names,
+    iface_can_reach,
+    public_ip,
+    from_command_line,
+);

@@ -36,7 +36,6 @@ fn dependency_lines(log: &str) -> Vec<&str> {
         .collect()
 }
 
-#[test]
 fn verbose_logging_raises_flannels_own_messages_only() {
     let c = Cluster::builder()
         .nodes(2)
@@ -63,7 +62,6 @@ fn verbose_logging_raises_flannels_own_messages_only() {
     );
 }
 
-#[test]
 fn log_names_interface_backend_device_subnet_and_each_peer() {
     let mut c = Cluster::builder()
         .nodes(2)
@@ -94,7 +92,6 @@ fn log_names_interface_backend_device_subnet_and_each_peer() {
     assert!(ok, "{removed:?} not logged:\n{}", c.log_tail(1));
 }
 
-#[test]
 fn status_answers_loopback_only_unless_asked() {
     let mut c = Cluster::builder()
         .nodes(2)
@@ -121,7 +118,6 @@ fn status_answers_loopback_only_unless_asked() {
     assert!(body.contains("\"publicIP\":\"192.0.2.2\""), "{body}");
 }
 
-#[test]
 fn unreachable_etcd_is_named_with_endpoints_and_cause() {
     let mut c = Cluster::builder()
         .nodes(1)
@@ -143,3 +139,10 @@ fn unreachable_etcd_is_named_with_endpoints_and_cause() {
     c.start_etcd();
     c.wait_ready(1, secs(30));
 }
+
+testkit::main!(
+    verbose_logging_raises_flannels_own_messages_only,
+    log_names_interface_backend_device_subnet_and_each_peer,
+    status_answers_loopback_only_unless_asked,
+    unreachable_etcd_is_named_with_endpoints_and_cause,
+);

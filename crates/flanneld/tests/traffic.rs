@@ -7,13 +7,13 @@
 //! `nft list table` text.
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use flanneld::traffic::{self, MasqConfig, Mode, NetPair, TrafficManager};
 use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Runs `f` on a new thread inside a new, empty network namespace.
 fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
+    testkit::require_root();
     let t = std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET): run as root");
@@ -296,7 +296,6 @@ fn assert_iptables_golden(random_fully: bool) {
 // ---------------------------------------------------------------------------------------------------------------
 // iptables mode.
 
-#[test]
 fn iptables_dual_stack_golden_like_upstream_e2e() {
     in_netns(|| {
         let mut tm = start(Mode::Iptables, &dual_stack(false));
@@ -317,7 +316,6 @@ fn iptables_dual_stack_golden_like_upstream_e2e() {
     });
 }
 
-#[test]
 fn iptables_fully_random_disabled() {
     in_netns(|| {
         let _tm = start(Mode::Iptables, &dual_stack(true));
@@ -329,7 +327,6 @@ fn iptables_fully_random_disabled() {
     });
 }
 
-#[test]
 fn iptables_v4_only_leaves_ip6tables_alone() {
     in_netns(|| {
         let cfg = MasqConfig {
@@ -344,7 +341,6 @@ fn iptables_v4_only_leaves_ip6tables_alone() {
     });
 }
 
-#[test]
 fn iptables_setup_is_idempotent() {
     in_netns(|| {
         let cfg = dual_stack(false);
@@ -365,7 +361,6 @@ fn iptables_setup_is_idempotent() {
     });
 }
 
-#[test]
 fn iptables_ensure_repairs_deleted_and_reordered_rules() {
     in_netns(|| {
         let mut tm = start(Mode::Iptables, &dual_stack(false));
@@ -482,7 +477,6 @@ fn iptables_ensure_repairs_deleted_and_reordered_rules() {
     });
 }
 
-#[test]
 fn iptables_keeps_foreign_rules_and_their_order() {
     in_netns(|| {
         // kube-proxy's rules come first, as in upstream's e2e golden for FORWARD.
@@ -523,7 +517,6 @@ fn iptables_keeps_foreign_rules_and_their_order() {
     });
 }
 
-#[test]
 fn iptables_network_change_removes_stale_rules() {
     in_netns(|| {
         // A previous run with another network and lease, plus rules of an old flannel version that masqueraded
@@ -559,7 +552,6 @@ fn iptables_network_change_removes_stale_rules() {
     });
 }
 
-#[test]
 fn iptables_mode_removes_nftables_leftovers() {
     in_netns(|| {
         let _ = start(Mode::Nftables, &dual_stack(false));
@@ -637,7 +629,6 @@ fn assert_nft_golden(fully_random: bool) {
     assert_eq!(nft_table("ip6", "flannel-ipv6"), t6);
 }
 
-#[test]
 fn nftables_dual_stack_golden_like_upstream_e2e() {
     in_netns(|| {
         let mut tm = start(Mode::Nftables, &dual_stack(false));
@@ -664,7 +655,6 @@ fn nftables_dual_stack_golden_like_upstream_e2e() {
     });
 }
 
-#[test]
 fn nftables_fully_random_disabled_and_idempotent() {
     in_netns(|| {
         let cfg = dual_stack(true);
@@ -678,7 +668,6 @@ fn nftables_fully_random_disabled_and_idempotent() {
     });
 }
 
-#[test]
 fn nftables_v4_only_leaves_an_empty_v6_table_like_upstream() {
     in_netns(|| {
         let cfg = MasqConfig {
@@ -698,7 +687,6 @@ fn nftables_v4_only_leaves_an_empty_v6_table_like_upstream() {
     });
 }
 
-#[test]
 fn nftables_ensure_repairs() {
     in_netns(|| {
         let mut tm = start(Mode::Nftables, &dual_stack(false));
@@ -762,7 +750,6 @@ fn nftables_ensure_repairs() {
     });
 }
 
-#[test]
 fn nftables_network_change_replaces_rules() {
     in_netns(|| {
         let old = MasqConfig {
@@ -787,7 +774,6 @@ fn nftables_network_change_replaces_rules() {
     });
 }
 
-#[test]
 fn nftables_mode_removes_iptables_leftovers() {
     in_netns(|| {
         // Leftovers of iptables mode, with a foreign rule that must survive.
@@ -821,7 +807,6 @@ fn nftables_mode_removes_iptables_leftovers() {
     });
 }
 
-#[test]
 fn cleanup_of_an_empty_namespace_is_a_no_op() {
     in_netns(|| {
         traffic::cleanup(Mode::Iptables).expect("iptables cleanup");
@@ -833,40 +818,51 @@ fn cleanup_of_an_empty_namespace_is_a_no_op() {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Cost of the periodic check.
+// The periodic check: a no-op while the rules are in place, a repair when one is gone. (Its cost is not asserted
+// here: a functional test on a shared machine measures the machine, not the code.)
 
-fn time_ensure(tm: &mut TrafficManager, rounds: u32) -> Duration {
-    let t0 = Instant::now();
-    for _ in 0..rounds {
-        assert!(!tm.ensure().expect("ensure"));
-    }
-    t0.elapsed() / rounds
-}
-
-#[test]
-fn timing_ensure() {
+fn periodic_check_is_a_no_op_in_place_and_repairs() {
     in_netns(|| {
-        const ROUNDS: u32 = 20;
-        let t0 = Instant::now();
         let mut ipt = start(Mode::Iptables, &dual_stack(false));
-        let ipt_setup = t0.elapsed();
-        let ipt_ensure = time_ensure(&mut ipt, ROUNDS);
+        for _ in 0..5 {
+            assert!(
+                !ipt.ensure().expect("ensure"),
+                "iptables rules rewritten while in place"
+            );
+        }
         ipt.cleanup().expect("cleanup");
-        let t0 = Instant::now();
         let mut nft = start(Mode::Nftables, &dual_stack(false));
-        let nft_setup = t0.elapsed();
-        let nft_ensure = time_ensure(&mut nft, ROUNDS);
-        // A repair: one rule gone.
+        for _ in 0..5 {
+            assert!(
+                !nft.ensure().expect("ensure"),
+                "nftables rules rewritten while in place"
+            );
+        }
+        // A repair: one chain flushed.
         nft_script("flush chain ip flannel-ipv4 forward\n");
-        let t0 = Instant::now();
-        assert!(nft.ensure().expect("ensure"));
-        let nft_repair = t0.elapsed();
-        eprintln!(
-            "traffic timing (dual-stack, masq + forward): iptables setup {ipt_setup:?}, ensure {ipt_ensure:?}; \
-             nftables setup {nft_setup:?}, ensure {nft_ensure:?}, repair {nft_repair:?}"
+        assert!(
+            nft.ensure().expect("ensure"),
+            "a flushed chain was not noticed"
         );
-        // Generous bounds (debug build, shared CI machine); the numbers above are what matters.
-        assert!(ipt_ensure < Duration::from_millis(500), "{ipt_ensure:?}");
-        assert!(nft_ensure < Duration::from_millis(500), "{nft_ensure:?}");
+        assert!(!nft.ensure().expect("ensure"), "the repair did not hold");
     });
 }
+
+testkit::main!(
+    iptables_dual_stack_golden_like_upstream_e2e,
+    iptables_fully_random_disabled,
+    iptables_v4_only_leaves_ip6tables_alone,
+    iptables_setup_is_idempotent,
+    iptables_ensure_repairs_deleted_and_reordered_rules,
+    iptables_keeps_foreign_rules_and_their_order,
+    iptables_network_change_removes_stale_rules,
+    iptables_mode_removes_nftables_leftovers,
+    nftables_dual_stack_golden_like_upstream_e2e,
+    nftables_fully_random_disabled_and_idempotent,
+    nftables_v4_only_leaves_an_empty_v6_table_like_upstream,
+    nftables_ensure_repairs,
+    nftables_network_change_replaces_rules,
+    nftables_mode_removes_iptables_leftovers,
+    cleanup_of_an_empty_namespace_is_a_no_op,
+    periodic_check_is_a_no_op_in_place_and_repairs,
+);

@@ -13,6 +13,7 @@ use kernel::ipmasq::{
 
 /// Runs `f` on a new thread inside a new, empty network namespace.
 fn in_netns<F: FnOnce() + Send + 'static>(f: F) {
+    testkit::require_root();
     let t = std::thread::spawn(move || {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
             .expect("unshare(CLONE_NEWNET): run as root");
@@ -88,7 +89,6 @@ const GOLDEN_RTEST: &str = r#"*nat
 COMMIT
 "#;
 
-#[test]
 fn chain_name_is_the_reference_one() {
     assert_eq!(
         iptables_chain_name("rtest", "ctr1"),
@@ -96,7 +96,6 @@ fn chain_name_is_the_reference_one() {
     );
 }
 
-#[test]
 fn iptables_v4_golden_idempotent_teardown_without_ips() {
     in_netns(|| {
         let a = ips(&["10.250.0.2/24"]);
@@ -114,7 +113,6 @@ fn iptables_v4_golden_idempotent_teardown_without_ips() {
     });
 }
 
-#[test]
 fn iptables_setup_repairs_state_left_by_others() {
     in_netns(|| {
         let chain = iptables_chain_name("rtest", "ctr1");
@@ -148,7 +146,6 @@ fn iptables_setup_repairs_state_left_by_others() {
     });
 }
 
-#[test]
 fn iptables_dual_stack() {
     in_netns(|| {
         let a = ips(&["10.244.1.5/24", "fd00:10:244:1::5/64"]);
@@ -174,7 +171,6 @@ fn iptables_dual_stack() {
     });
 }
 
-#[test]
 fn iptables_gc_keeps_valid_removes_others() {
     in_netns(|| {
         let b = MasqBackend::Iptables;
@@ -213,7 +209,6 @@ fn iptables_gc_keeps_valid_removes_others() {
     });
 }
 
-#[test]
 fn nftables_setup_teardown() {
     in_netns(|| {
         let b = MasqBackend::Nftables;
@@ -255,7 +250,6 @@ fn nftables_setup_teardown() {
     });
 }
 
-#[test]
 fn nftables_gc() {
     in_netns(|| {
         let b = MasqBackend::Nftables;
@@ -286,7 +280,6 @@ fn nftables_gc() {
     });
 }
 
-#[test]
 fn teardown_and_gc_on_empty_namespace() {
     in_netns(|| {
         teardown_ip_masq("x", "y", "eth0", &ips(&["10.0.0.2/24", "fd00::2/64"])).unwrap();
@@ -296,7 +289,6 @@ fn teardown_and_gc_on_empty_namespace() {
     });
 }
 
-#[test]
 fn default_backend_prefers_iptables() {
     in_netns(|| {
         // iptables is installed on the test machine, so upstream's choice is iptables.
@@ -304,7 +296,6 @@ fn default_backend_prefers_iptables() {
     });
 }
 
-#[test]
 fn invalid_identifiers_rejected() {
     in_netns(|| {
         let a = ips(&["10.0.0.2/24"]);
@@ -314,7 +305,6 @@ fn invalid_identifiers_rejected() {
     });
 }
 
-#[test]
 fn timing_setup_teardown() {
     in_netns(|| {
         let a = ips(&["10.250.0.2/24"]);
@@ -346,13 +336,14 @@ fn timing_setup_teardown() {
 
 /// Interop with the reference Go bridge plugin when installed: its ADD leaves exactly our layout (so our setup is a
 /// no-op and our teardown removes it), and its DEL removes what our setup made.
-#[test]
 fn interop_with_reference_bridge_plugin() {
+    // Debian's containernetworking-plugins, which scripts/deps.sh installs: missing is an install bug, not a skip.
     let plugin = std::path::Path::new("/usr/lib/cni/bridge");
-    if !plugin.exists() {
-        eprintln!("skipping: {} not installed", plugin.display());
-        return;
-    }
+    assert!(
+        plugin.exists(),
+        "{} is missing: install containernetworking-plugins (scripts/deps.sh does)",
+        plugin.display()
+    );
     in_netns(move || {
         // The container namespace: a parked thread's own netns, addressed through /proc.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -424,3 +415,18 @@ fn interop_with_reference_bridge_plugin() {
         let _ = std::fs::remove_dir_all(&data);
     });
 }
+
+testkit::main!(
+    chain_name_is_the_reference_one,
+    iptables_v4_golden_idempotent_teardown_without_ips,
+    iptables_setup_repairs_state_left_by_others,
+    iptables_dual_stack,
+    iptables_gc_keeps_valid_removes_others,
+    nftables_setup_teardown,
+    nftables_gc,
+    teardown_and_gc_on_empty_namespace,
+    default_backend_prefers_iptables,
+    invalid_identifiers_rejected,
+    timing_setup_teardown,
+    interop_with_reference_bridge_plugin,
+);

@@ -1449,15 +1449,9 @@ mod tests {
         let b = next(&mut w).await.unwrap();
         assert!(matches!(&b.events[..], [Event::Added(l)] if l.key() == key(1)));
         // Nobody writes: the watch itself records the expiry.
-        let started = Instant::now();
         let b = next(&mut w).await.unwrap();
         assert!(
             matches!(&b.events[..], [Event::Removed(l)] if l.key() == key(1) && l.attrs == attrs(1))
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(2),
-            "{:?}",
-            started.elapsed()
         );
         assert!(r.get_subnet(&key(1)).await.unwrap().0.is_none());
         let last: Record = serde_json::from_str(log_lines(&r).last().unwrap()).unwrap();
@@ -1489,18 +1483,12 @@ mod tests {
             .unwrap();
         let b = next(&mut w).await.unwrap();
         assert_eq!((b.revision, b.events.len()), (1, 0));
-        let started = Instant::now();
         writer
             .create_subnet(&key(1), &attrs(1), None)
             .await
             .unwrap()
             .unwrap();
         let b = next(&mut w).await.unwrap();
-        assert!(
-            started.elapsed() < Duration::from_millis(400),
-            "{:?}",
-            started.elapsed()
-        );
         assert!(matches!(&b.events[..], [Event::Added(l)] if l.key() == key(1) && l.revision == 2));
     }
 

@@ -50,12 +50,10 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 // Preconditions and binaries
 // ------------------------------------------------------------------------------------------------
 
-/// Fails (never skips) when the test cannot run here: CI runs as root with etcd installed.
+/// Stops the test as not run without root (testkit's policy); fails when etcd, which the project installs, is
+/// missing.
 pub fn require_env() {
-    assert!(
-        unsafe { libc::geteuid() } == 0,
-        "the cluster tests need root (network namespaces, veths, VXLAN devices); run them as root"
-    );
+    testkit::require_root();
     for (bin, pkg) in [(ETCD_BIN, "etcd-server"), (ETCDCTL_BIN, "etcd-client")] {
         assert!(
             Path::new(bin).is_file(),

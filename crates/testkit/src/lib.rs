@@ -1,0 +1,151 @@
+//! The test policy of the whole workspace, in one place: **a test that cannot run here says so and is never
+//! counted as passed**.
+//!
+//! Tests that need something the project cannot install — root (network namespaces), a kernel feature this
+//! machine lacks — call [`require_root`] or [`require`] first (or a fixture does it for them). When the need is
+//! not met the test stops there and is reported as *not run*, with the reason, in the `ignored` column of the test
+//! summary, which `scripts/test.sh` totals as "not run". It is never `ok`.
+//!
+//! Under libtest's own harness the same call fails the test instead (a stop that libtest cannot tell from a
+//! failure), which is still never a pass; test binaries that may run where a need is missing use this crate's
+//! harness: `harness = false` in Cargo.toml and [`main!`] listing the tests. A test function not listed there is
+//! dead code, which `cargo clippy -D warnings` refuses, so none is forgotten.
+//!
+//! What the project *does* install (etcd, the reference plugins, nft, iptables) is not a reason to skip: a
+//! missing one is an install bug and fails the test.
+
+use std::panic::{self, AssertUnwindSafe};
+
+/// The panic payload that stops a test whose need is not met.
+#[derive(Debug, Clone)]
+pub struct NotRun(pub String);
+
+/// Stops the calling test as *not run* unless `met`; `what` says what is missing and why the test needs it.
+pub fn require(met: bool, what: &str) {
+    if !met {
+        panic::panic_any(NotRun(what.to_string()));
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Stops the calling test as *not run* unless it runs as root.
+pub fn require_root() {
+    require(
+        is_root(),
+        "needs root (it makes network namespaces, links and firewall rules); run the tests as root",
+    );
+}
+
+/// Whether the kernel can create links of this kind (`ipvlan`, `vlan`, `vxlan`, ...): its module is loaded or
+/// built in, or can be loaded on demand.
+pub fn kernel_has_link_kind(kind: &str) -> bool {
+    let m = match kind {
+        "vlan" => "8021q",
+        other => other,
+    };
+    std::path::Path::new(&format!("/sys/module/{m}")).exists()
+        || std::fs::read_to_string("/proc/modules")
+            .map(|t| t.lines().any(|l| l.split(' ').next() == Some(m)))
+            .unwrap_or(false)
+        || module_available(m)
+}
+
+fn module_available(m: &str) -> bool {
+    let Ok(release) = std::fs::read_to_string("/proc/sys/kernel/osrelease") else {
+        return false;
+    };
+    let dep = format!("/lib/modules/{}/modules.dep", release.trim());
+    std::fs::read_to_string(dep)
+        .map(|t| {
+            t.lines().any(|l| {
+                l.split(':').next().is_some_and(|p| {
+                    p.rsplit('/').next().is_some_and(|f| {
+                        f == format!("{m}.ko") || f.starts_with(&format!("{m}.ko."))
+                    })
+                })
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// One test of a binary run by [`run`].
+pub struct Test {
+    /// Its name, as printed and as filtered by `cargo test NAME`.
+    pub name: &'static str,
+    /// The test.
+    pub run: fn(),
+}
+
+/// Runs the tests with libtest's command line and output; a test stopped by [`require`] is reported as
+/// `ignored (NOT RUN: <reason>)`. Never returns.
+pub fn run(tests: Vec<Test>) -> ! {
+    // The stop of a test that cannot run is not a crash: keep the panic message for real failures only.
+    let default_hook = panic::take_hook();
+    panic::set_hook(Box::new(move |info| {
+        if info.payload().downcast_ref::<NotRun>().is_none() {
+            default_hook(info);
+        }
+    }));
+    let args = libtest_mimic::Arguments::from_args();
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let f = t.run;
+            libtest_mimic::Trial::ignorable_test(t.name, move || {
+                match panic::catch_unwind(AssertUnwindSafe(f)) {
+                    Ok(()) => Ok(libtest_mimic::Completion::Completed),
+                    Err(p) => match p.downcast::<NotRun>() {
+                        Ok(nr) => Ok(libtest_mimic::Completion::ignored_with(format!(
+                            "NOT RUN: {}",
+                            nr.0
+                        ))),
+                        // libtest-mimic turns the panic into a failure with its message.
+                        Err(other) => panic::resume_unwind(other),
+                    },
+                }
+            })
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit()
+}
+
+/// The `main` of a test binary with `harness = false`: lists its tests.
+///
+/// ```text
+/// testkit::main!(vxlan_three_nodes_full_mesh, host_gw_routes_via_public_ips);
+/// ```
+#[macro_export]
+macro_rules! main {
+    ($($test:ident),+ $(,)?) => {
+        fn main() {
+            $crate::run(vec![$($crate::Test { name: stringify!($test), run: $test }),+])
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn require_stops_with_the_reason() {
+        let r = panic::catch_unwind(|| require(false, "needs a unicorn"));
+        let p = r.expect_err("stopped");
+        assert_eq!(
+            p.downcast_ref::<NotRun>().map(|n| n.0.as_str()),
+            Some("needs a unicorn")
+        );
+        assert!(panic::catch_unwind(|| require(true, "x")).is_ok());
+    }
+
+    #[test]
+    fn link_kinds() {
+        // The bridge and veth drivers exist on every kernel the project runs on; nonsense never does.
+        assert!(!kernel_has_link_kind("no-such-link-kind"));
+    }
+}
