@@ -441,3 +441,44 @@ fn ours_invalid_ids() {
     }
     nothing_left(&sb, Some(&pod), &data);
 }
+
+/// Interface names the kernel would rewrite or refuse: `%d` is a template the kernel expands to the first free
+/// number (the pod interface would not be called what the runtime asked for, and its DEL would not find it), and
+/// `all`/`default` collide with the sysctl directories. Code 4 before anything is made, for ADD and DEL, in bridge
+/// and in flannel (whose delegate would otherwise make the veth).
+#[test]
+fn ours_ifname_the_kernel_would_rewrite() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let data = sb.path("ipam");
+    let bridge = Net::new(NET, "1.0.0", vec![bridge_conf(BR, "10.244.6.0/24", &data)]);
+    let flannel = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb)]);
+    write_subnet_env(
+        &sb.path("subnet.env"),
+        "10.244.0.0/16",
+        "10.244.1.1/24",
+        1450,
+        true,
+    );
+    for ifname in ["eth%d", "%d", "net%dx", "all", "default", "a\u{a0}b"] {
+        let att = Att::new(&sb.cid(0), &pod.path(), ifname);
+        for (ty, net) in [("bridge", &bridge), ("flannel", &flannel)] {
+            for cmd in ["ADD", "DEL"] {
+                let out = rt.exec(ty, cmd, Some(&att), &net.plugin_conf(0, None));
+                no_panic(&out);
+                out.assert_err(4);
+                assert!(out.msg().contains("interface name"), "{ifname}: {out:?}");
+            }
+            assert_eq!(link_names(&pod.name), vec!["lo"], "{ty} {ifname}");
+            nothing_left(&sb, Some(&pod), &data);
+            assert!(
+                ip_files(&sb.path("ipam"), "cbr0").is_empty(),
+                "{ty} {ifname}"
+            );
+        }
+    }
+}

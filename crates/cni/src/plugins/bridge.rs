@@ -178,10 +178,12 @@ impl BridgeConf {
 }
 
 fn kernel_ifname(name: &str, key: &str) -> Result<(), CniError> {
-    if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ']) {
-        return Err(CniError::config(format!("invalid {key} name \"{name}\"")));
+    match crate::skel::ifname_problem(name) {
+        None => Ok(()),
+        Some(p) => Err(CniError::config(format!(
+            "invalid {key} name \"{name}\": {p}"
+        ))),
     }
-    Ok(())
 }
 
 fn ipam_type(conf: &NetConf) -> Option<String> {
@@ -258,7 +260,9 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
 /// What a partly done ADD has to undo.
 struct Undo {
     ipam: Option<String>,
-    veth_in_pod: bool,
+    /// The host end of the veth pair, by the random name only this ADD uses: set before the pair is made, so
+    /// whatever happened to the pod end (the kernel may have named it differently), deleting this removes both.
+    host_veth: Option<String>,
     spoofchk: bool,
 }
 
@@ -275,16 +279,16 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
     }
     let mut undo = Undo {
         ipam: None,
-        veth_in_pod: false,
+        host_veth: None,
         spoofchk: false,
     };
     match add_inner(args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
         Ok(r) => Ok(r),
         Err(e) => {
-            // Leave nothing behind: the pod interface (its host peer goes with it), the IP, the masquerade rules.
-            if undo.veth_in_pod {
-                if let Ok(Some(l)) = pod.link_by_name(&args.ifname).await {
-                    let _ = pod.delete_link(l.index).await;
+            // Leave nothing behind: the veth pair, the IP, the masquerade rules.
+            if let Some(hv) = &undo.host_veth {
+                if let Ok(Some(l)) = host.link_by_name(hv).await {
+                    let _ = host.delete_link(l.index).await;
                 }
             }
             if let Some(t) = undo.ipam {
@@ -339,6 +343,7 @@ async fn add_inner(
     }
 
     let host_name = host_veth_name()?;
+    undo.host_veth = Some(host_name.clone());
     host.create_veth(&kernel::link::VethSpec {
         host_name: &host_name,
         peer_name: &args.ifname,
@@ -352,7 +357,6 @@ async fn add_inner(
         kernel::Error::Conflict(m) => CniError::internal(m),
         e => e.into(),
     })?;
-    undo.veth_in_pod = true;
     let hv = host.link_by_name(&host_name).await?.ok_or_else(|| {
         CniError::internal(format!("host veth {host_name} vanished after creation"))
     })?;
@@ -867,6 +871,13 @@ mod tests {
         );
         assert_eq!(
             BridgeConf::from_conf(&conf(r#","bridge":"way-too-long-bridge-name""#))
+                .unwrap_err()
+                .code,
+            7
+        );
+        // The kernel would expand the template, so the bridge would not be called what the config says.
+        assert_eq!(
+            BridgeConf::from_conf(&conf(r#","bridge":"cni%d""#))
                 .unwrap_err()
                 .code,
             7
