@@ -482,3 +482,91 @@ fn ours_ifname_the_kernel_would_rewrite() {
         }
     }
 }
+
+/// `CNI_NETNS` naming something that is not a network namespace: a FIFO (opening it for reading would block until
+/// a writer comes), a regular file, a directory, a device, another kind of namespace. Every plugin that opens the
+/// namespace answers with an error naming the path, at once, for ADD, CHECK and DEL; nothing is made or released.
+#[test]
+fn ours_netns_not_a_namespace() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let data = sb.path("ipam");
+    let bridge = Net::new(NET, "1.0.0", vec![bridge_conf(BR, "10.244.6.0/24", &data)]);
+    let lo = Net::new(NET, "1.0.0", vec![json!({"type": "loopback"})]);
+    let flannel = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb)]);
+    write_subnet_env(
+        &sb.path("subnet.env"),
+        "10.244.0.0/16",
+        "10.244.1.1/24",
+        1450,
+        true,
+    );
+    // A real attachment, so that CHECK gets past its IPAM and bridge checks to the namespace.
+    let att = sb.att(0, &pod);
+    let r = rt
+        .add(&bridge, &att)
+        .unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    let host_veths = veths(&sb.node.name);
+
+    let fifo = sb.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let file = sb.path("file");
+    std::fs::write(&file, b"").unwrap();
+    let dir = sb.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let limit = std::time::Duration::from_secs(20);
+    for path in [
+        fifo.to_str().unwrap(),
+        file.to_str().unwrap(),
+        dir.to_str().unwrap(),
+        "/dev/null",
+        "/proc/self/ns/mnt",
+    ] {
+        let mut bad = att.clone();
+        bad.netns = path.to_string();
+        let mut other = sb.att(1, &pod);
+        other.netns = path.to_string();
+        let cases = [
+            ("bridge", "ADD", &other, bridge.plugin_conf(0, None)),
+            ("bridge", "CHECK", &bad, bridge.plugin_conf(0, Some(&r))),
+            ("bridge", "DEL", &bad, bridge.plugin_conf(0, Some(&r))),
+            ("loopback", "ADD", &other, lo.plugin_conf(0, None)),
+            ("loopback", "CHECK", &other, lo.plugin_conf(0, None)),
+            ("loopback", "DEL", &other, lo.plugin_conf(0, None)),
+            ("flannel", "ADD", &other, flannel.plugin_conf(0, None)),
+        ];
+        for (ty, cmd, a, conf) in cases {
+            let out = rt
+                .exec_bounded(ty, cmd, Some(a), &conf, limit)
+                .unwrap_or_else(|| {
+                    panic!("{ty} {cmd} with CNI_NETNS={path} did not answer (hangs)")
+                });
+            no_panic(&out);
+            let code = out.assert_some_err();
+            assert!(
+                code == 4 || (cmd == "CHECK" && code == 3),
+                "{ty} {cmd} {path}: code {code}: {out:?}"
+            );
+            let msg = out.msg();
+            assert!(
+                msg.contains(path) && msg.contains("not a network namespace"),
+                "{ty} {cmd} {path}: {msg}"
+            );
+        }
+        // The real attachment is untouched: its interface and its address.
+        assert_eq!(veths(&sb.node.name), host_veths, "{path}");
+        assert_eq!(
+            addrs(&pod.name, "eth0"),
+            vec![format!("{}/24", result_ip(&r))]
+        );
+        assert_eq!(ip_files(&data, NET).len(), 1, "{path}");
+    }
+    rt.del(&bridge, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    nothing_left(&sb, Some(&pod), &data);
+}

@@ -446,6 +446,37 @@ pub fn exec_plugin(bin: &Path, node: Option<&str>, env: &Env, stdin: &[u8]) -> O
     }
 }
 
+/// Runs a plugin like [`exec_plugin`] but gives up after `limit`: the plugin is killed and `None` returned. For
+/// inputs that must not make a plugin block; the limit only keeps a regression from hanging the suite and is far
+/// above any real answer time (this is no latency assertion).
+pub fn exec_plugin_bounded(
+    bin: &Path,
+    node: Option<&str>,
+    env: &Env,
+    stdin: &[u8],
+    limit: Duration,
+) -> Option<Out> {
+    let start = Instant::now();
+    let mut child = spawn_plugin(bin, node, env, stdin);
+    let step = Duration::from_millis(10);
+    let steps = (limit.as_millis() / step.as_millis()).max(1);
+    for _ in 0..steps {
+        if child.try_wait().expect("poll plugin").is_some() {
+            let out = child.wait_with_output().expect("collect plugin output");
+            return Some(Out {
+                status: out.status,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                elapsed: start.elapsed(),
+            });
+        }
+        std::thread::sleep(step);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 // ------------------------------------------------------------------------------------------------
 // A tiny runtime: conflist chains with prevResult, as libcni does
 // ------------------------------------------------------------------------------------------------
@@ -549,6 +580,25 @@ impl Runtime {
     pub fn exec(&self, ty: &str, cmd: &str, att: Option<&Att>, conf: &Value) -> Out {
         let env = Env::for_cmd(cmd, att, &self.cni_path_str());
         self.exec_env(ty, &env, conf.to_string().as_bytes())
+    }
+
+    /// Runs `ty` for `cmd` on `att`, killing it after `limit` (see [`exec_plugin_bounded`]).
+    pub fn exec_bounded(
+        &self,
+        ty: &str,
+        cmd: &str,
+        att: Option<&Att>,
+        conf: &Value,
+        limit: Duration,
+    ) -> Option<Out> {
+        let env = Env::for_cmd(cmd, att, &self.cni_path_str());
+        exec_plugin_bounded(
+            &self.find(ty),
+            self.node.as_deref(),
+            &env,
+            conf.to_string().as_bytes(),
+            limit,
+        )
     }
 
     /// Starts `ty` for `cmd` without waiting.
