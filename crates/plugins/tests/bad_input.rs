@@ -570,3 +570,57 @@ fn ours_netns_not_a_namespace() {
     wait_no_veths(&sb.node.name);
     nothing_left(&sb, Some(&pod), &data);
 }
+
+/// `CNI_ARGS` with a key bridge does not know and no `IgnoreUnknown`: the reference refuses the ADD before making
+/// anything, so a `MAC` given alongside is never silently dropped. Ours refuses it the same way (code 2, as
+/// host-local's CNI_ARGS errors); with `IgnoreUnknown=1` the MAC is used. A layer-2 bridge (no IPAM), so that no
+/// IPAM plugin's own CNI_ARGS check gets there first.
+#[test]
+fn bridge_cni_args_unknown_key() {
+    if !is_root() {
+        return;
+    }
+    let mac = "0a:58:0a:f4:06:42";
+    let l2 = json!({"type": "bridge", "bridge": BR});
+    let mut imps = vec![Impl::ours()];
+    imps.extend(Impl::reference());
+    for imp in imps {
+        let sb = Sandbox::new();
+        let pod = sb.pod(0);
+        let rt = sb.runtime(&imp);
+        let net = Net::new(NET, "1.0.0", vec![l2.clone()]);
+        let mut att = sb.att(0, &pod);
+        att.args = format!("MAC={mac};FOO=bar");
+        let out = rt.exec("bridge", "ADD", Some(&att), &net.plugin_conf(0, None));
+        no_panic(&out);
+        let code = out.assert_some_err();
+        assert!(out.msg().contains("FOO"), "{}: {out:?}", imp.label);
+        if !imp.reference {
+            assert_eq!(code, 2, "{out:?}");
+            // DEL needs nothing from CNI_ARGS and must not be stuck on it (the reference's DEL fails too).
+            let out = rt.exec("bridge", "DEL", Some(&att), &net.plugin_conf(0, None));
+            assert!(out.ok(), "DEL: {out:?}");
+        }
+        assert!(
+            link(&pod.name, "eth0").is_none(),
+            "{}: eth0 made",
+            imp.label
+        );
+        assert!(veths(&sb.node.name).is_empty(), "{}: veth made", imp.label);
+
+        att.args = format!("IgnoreUnknown=1;MAC={mac};FOO=bar");
+        let r = rt
+            .add(&net, &att)
+            .unwrap_or_else(|o| panic!("{}: ADD: {o:?}", imp.label));
+        assert_eq!(r["interfaces"][2]["mac"], mac, "{}: {r}", imp.label);
+        assert_eq!(
+            link(&pod.name, "eth0").expect("eth0")["address"],
+            mac,
+            "{}",
+            imp.label
+        );
+        rt.del(&net, &att, Some(&r))
+            .unwrap_or_else(|o| panic!("{}: DEL: {o:?}", imp.label));
+        wait_no_veths(&sb.node.name);
+    }
+}

@@ -198,7 +198,9 @@ fn ipam_type(conf: &NetConf) -> Option<String> {
 fn mac_arg(args: &CmdArgs, conf: &NetConf) -> Result<Option<Mac>, CniError> {
     // Precedence as upstream: CNI_ARGS MAC, then args.cni.mac, then runtimeConfig.mac (the last one set wins).
     let mut mac = None;
-    let cni_args = crate::args::CniArgs::parse(&args.args, &["MAC", "IP"]).unwrap_or_default();
+    // An unknown key without IgnoreUnknown fails the ADD, as the reference's does, rather than dropping the MAC.
+    // (IP is host-local's, accepted here too so that it can pass through to IPAM.)
+    let cni_args = crate::args::CniArgs::parse(&args.args, &["MAC", "IP"])?;
     if let Some(m) = cni_args.get("MAC") {
         mac = Some(m.to_string());
     }
