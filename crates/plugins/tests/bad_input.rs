@@ -624,3 +624,80 @@ fn bridge_cni_args_unknown_key() {
         wait_no_veths(&sb.node.name);
     }
 }
+
+/// bridge's `ipam` must be an object with a string `type`: anything else is refused before anything is made (the
+/// reference fails to decode it); absent, `null`, `{}` and an empty type mean a layer-2 attachment without
+/// addresses, as in the reference.
+#[test]
+fn bridge_ipam_shape() {
+    if !is_root() {
+        return;
+    }
+    let mut imps = vec![Impl::ours()];
+    imps.extend(Impl::reference());
+    for imp in imps {
+        let sb = Sandbox::new();
+        let pod = sb.pod(0);
+        let rt = sb.runtime(&imp);
+        let att = sb.att(0, &pod);
+        for ipam in [
+            json!(1),
+            json!("x"),
+            json!([]),
+            json!(true),
+            json!({"type": 1}),
+        ] {
+            let net = Net::new(
+                NET,
+                "1.0.0",
+                vec![json!({"type": "bridge", "bridge": BR, "ipam": ipam})],
+            );
+            let out = rt.exec("bridge", "ADD", Some(&att), &net.plugin_conf(0, None));
+            no_panic(&out);
+            let code = out.assert_some_err();
+            if !imp.reference {
+                assert_eq!(code, 7, "ipam {ipam}: {out:?}");
+                assert!(out.msg().contains("ipam"), "ipam {ipam}: {out:?}");
+            }
+            assert!(
+                link(&pod.name, "eth0").is_none(),
+                "{} ipam {ipam}: eth0 made",
+                imp.label
+            );
+            assert!(
+                veths(&sb.node.name).is_empty(),
+                "{} ipam {ipam}: veth made",
+                imp.label
+            );
+        }
+        for ipam in [
+            None,
+            Some(json!(null)),
+            Some(json!({})),
+            Some(json!({"type": ""})),
+        ] {
+            let mut plugin = json!({"type": "bridge", "bridge": BR});
+            if let Some(i) = &ipam {
+                plugin["ipam"] = i.clone();
+            }
+            let net = Net::new(NET, "1.0.0", vec![plugin]);
+            let r = rt
+                .add(&net, &att)
+                .unwrap_or_else(|o| panic!("{} ipam {ipam:?}: ADD: {o:?}", imp.label));
+            assert!(r.get("ips").is_none(), "{} ipam {ipam:?}: {r}", imp.label);
+            assert!(
+                addrs(&pod.name, "eth0").is_empty(),
+                "{} ipam {ipam:?}",
+                imp.label
+            );
+            rt.del(&net, &att, Some(&r))
+                .unwrap_or_else(|o| panic!("{} ipam {ipam:?}: DEL: {o:?}", imp.label));
+            assert!(
+                link(&pod.name, "eth0").is_none(),
+                "{} ipam {ipam:?}",
+                imp.label
+            );
+            wait_no_veths(&sb.node.name);
+        }
+    }
+}

@@ -69,6 +69,9 @@ pub struct BridgeConf {
     /// The trunk VLAN IDs, sorted and without duplicates (from `vlanTrunk`).
     #[serde(skip)]
     pub trunk_vids: Vec<u16>,
+    /// The IPAM plugin (from `ipam.type`; `None` for a layer-2 attachment).
+    #[serde(skip)]
+    pub ipam_type: Option<String>,
 }
 
 /// One `vlanTrunk` entry: a single `id`, or a `minID`..=`maxID` range (or both).
@@ -166,6 +169,7 @@ impl BridgeConf {
             ));
         }
         kernel_ifname(&c.bridge, "bridge")?;
+        c.ipam_type = ipam_type(conf)?;
         if let Some(b) = &c.ip_masq_backend {
             if ipmasq::MasqBackend::parse(b).is_none() {
                 return Err(CniError::config(format!(
@@ -186,13 +190,27 @@ fn kernel_ifname(name: &str, key: &str) -> Result<(), CniError> {
     }
 }
 
-fn ipam_type(conf: &NetConf) -> Option<String> {
-    conf.ipam
-        .as_ref()
-        .and_then(|i| i.get("type"))
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
+/// The IPAM plugin to delegate to, from `ipam`: an object whose `type` is a string. Absent, `null`, `{}` or an
+/// empty type mean none (a layer-2 attachment), as in the reference; anything else is a configuration error
+/// rather than an attachment silently left without addresses.
+fn ipam_type(conf: &NetConf) -> Result<Option<String>, CniError> {
+    let ipam = match &conf.ipam {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            return Err(CniError::config(format!(
+                "invalid bridge configuration: ipam must be an object, got {v}"
+            )))
+        }
+    };
+    match ipam.get("type") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if t.is_empty() => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(v) => Err(CniError::config(format!(
+            "invalid bridge configuration: ipam.type must be a string, got {v}"
+        ))),
+    }
 }
 
 fn mac_arg(args: &CmdArgs, conf: &NetConf) -> Result<Option<Mac>, CniError> {
@@ -249,8 +267,8 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
         Command::Del => del(args, conf, &bc).await.map(|_| None),
         Command::Check => check(args, conf, &bc).await.map(|_| None),
         Command::Gc => gc(args, conf, &bc).await.map(|_| None),
-        Command::Status => match ipam_type(conf) {
-            Some(t) => delegate::run(&t, args, args.stdin.clone())
+        Command::Status => match &bc.ipam_type {
+            Some(t) => delegate::run(t, args, args.stdin.clone())
                 .await
                 .map(|_| None),
             None => Ok(None),
@@ -331,9 +349,9 @@ async fn add_inner(
         cni_version: conf.version().to_string(),
         ..Default::default()
     };
-    if let Some(t) = ipam_type(conf) {
+    if let Some(t) = &bc.ipam_type {
         undo.ipam = Some(t.clone());
-        let r = delegate::run(&t, args, args.stdin.clone())
+        let r = delegate::run(t, args, args.stdin.clone())
             .await?
             .ok_or_else(|| CniError::internal(format!("IPAM plugin {t} returned no result")))?;
         if r.ips.is_empty() {
@@ -673,8 +691,8 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
             Err(e) => return Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
         }
     }
-    if let Some(t) = ipam_type(conf) {
-        delegate::run(&t, args, args.stdin.clone()).await?;
+    if let Some(t) = &bc.ipam_type {
+        delegate::run(t, args, args.stdin.clone()).await?;
     }
     if bc.macspoofchk {
         // Keyed by the attachment, so it goes even when the interface (and its namespace) already went.
@@ -701,8 +719,8 @@ async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), Cn
 }
 
 async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    if let Some(t) = ipam_type(conf) {
-        delegate::run(&t, args, args.stdin.clone()).await?;
+    if let Some(t) = &bc.ipam_type {
+        delegate::run(t, args, args.stdin.clone()).await?;
     }
     let prev = conf
         .prev()?
@@ -813,8 +831,8 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), Cn
 
 async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
     let mut errors = Vec::new();
-    if let Some(t) = ipam_type(conf) {
-        if let Err(e) = delegate::run(&t, args, args.stdin.clone()).await {
+    if let Some(t) = &bc.ipam_type {
+        if let Err(e) = delegate::run(t, args, args.stdin.clone()).await {
             errors.push(e.to_string());
         }
     }
@@ -877,6 +895,16 @@ mod tests {
                 .code,
             7
         );
+        for ipam in [r#"1"#, r#""x""#, r#"[]"#, r#"true"#, r#"{"type":1}"#] {
+            let e = BridgeConf::from_conf(&conf(&format!(r#","ipam":{ipam}"#))).unwrap_err();
+            assert_eq!(e.code, 7, "{ipam}");
+        }
+        for ipam in [r#"null"#, r#"{}"#, r#"{"type":""}"#] {
+            let c = BridgeConf::from_conf(&conf(&format!(r#","ipam":{ipam}"#))).unwrap();
+            assert_eq!(c.ipam_type, None, "{ipam}");
+        }
+        let c = BridgeConf::from_conf(&conf(r#","ipam":{"type":"host-local"}"#)).unwrap();
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
         // The kernel would expand the template, so the bridge would not be called what the config says.
         assert_eq!(
             BridgeConf::from_conf(&conf(r#","bridge":"cni%d""#))
