@@ -138,6 +138,7 @@ both! {
     del_twice,
     del_after_netns_gone,
     del_after_partial_add,
+    del_refuses_loopback,
 }
 
 /// flannel: DEL twice, DEL after the netns is gone, DEL when only the cache file exists (killed after caching,
@@ -268,4 +269,94 @@ fn flannel_del_with_empty_cache() {
     rt.del(&net, &a1, None)
         .unwrap_or_else(|o| panic!("DEL with a torn cache and no subnet.env: {o:?}"));
     assert!(!cache.join(&a1.container_id).exists(), "cache left");
+}
+
+/// DEL with `CNI_IFNAME=lo` names the pod's loopback, which bridge never makes: it is refused and the loopback
+/// keeps its name and state (the reference fails to delete it and leaves it alone too).
+fn del_refuses_loopback(imp: &Impl) {
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(imp);
+    let net = net(&sb, imp);
+    ip(&pod.name, &["link", "set", "lo", "up"]);
+    let att = Att::new(&sb.cid(0), &pod.path(), "lo");
+    let out = rt.exec("bridge", "DEL", Some(&att), &net.plugin_conf(0, None));
+    let code = out.assert_some_err();
+    if !imp.reference {
+        assert_eq!(code, 4, "{out:?}");
+        assert!(out.msg().contains("loopback"), "{out:?}");
+    }
+    assert_eq!(link_names(&pod.name), vec!["lo"], "{}", imp.label);
+    let lo = link(&pod.name, "lo").expect("lo");
+    assert!(
+        lo["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "UP")),
+        "{}: lo brought down: {lo}",
+        imp.label
+    );
+}
+
+/// The state a DEL killed between renaming the pod interface out of the way and deleting it leaves behind: the
+/// pod end down under its tombstone name, the host end still a port of the bridge. The runtime's retried DEL
+/// must find and remove it although nothing is called `CNI_IFNAME` any more.
+#[test]
+fn bridge_del_retry_finds_renamed_interface() {
+    if !is_root() {
+        return;
+    }
+    let imp = Impl::ours();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&imp);
+    let net = net(&sb, &imp);
+    let att = sb.att(0, &pod);
+    let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    ip(&pod.name, &["link", "set", "eth0", "down"]);
+    ip(
+        &pod.name,
+        &["link", "set", "eth0", "name", "cnidel0badc0de"],
+    );
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("retried DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    assert_eq!(link_names(&pod.name), vec!["lo"]);
+    assert!(ip_files(&sb.path("ipam"), NET).is_empty());
+}
+
+const DEL_KILLS: usize = 20;
+
+/// DEL SIGKILLed after 0–8 ms, then retried as a runtime does: the retry succeeds and nothing of the attachment
+/// is left, wherever the kill landed.
+#[test]
+fn bridge_sigkill_during_del() {
+    if !is_root() {
+        return;
+    }
+    let imp = Impl::ours();
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&imp);
+    let net = net(&sb, &imp);
+    let mut jitter = Jitter::new();
+    let mut killed = 0;
+    for i in 0..DEL_KILLS {
+        let pod = sb.pod(i);
+        let att = sb.att(i, &pod);
+        let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+        let mut child = rt.spawn("bridge", "DEL", Some(&att), &net.plugin_conf(0, Some(&r)));
+        std::thread::sleep(jitter.below(std::time::Duration::from_millis(8)));
+        let _ = child.kill();
+        if !child.wait().expect("wait").success() {
+            killed += 1;
+        }
+        rt.del(&net, &att, Some(&r))
+            .unwrap_or_else(|o| panic!("iteration {i}: retried DEL: {o:?}"));
+        wait_no_veths(&sb.node.name);
+        assert_eq!(link_names(&pod.name), vec!["lo"], "iteration {i}");
+        assert!(
+            ip_files(&sb.path("ipam"), NET).is_empty(),
+            "iteration {i}: IP kept"
+        );
+    }
+    eprintln!("{DEL_KILLS} DELs, {killed} killed before finishing");
 }

@@ -681,12 +681,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
     if !args.netns.is_empty() {
         // A namespace that is already gone took its interfaces with it; the IP and rules are still ours to free.
         match Netns::open(&args.netns) {
-            Ok(ns) => {
-                let pod = Netlink::in_netns(&ns)?;
-                if let Some(l) = pod.link_by_name(&args.ifname).await? {
-                    remove_pod_link(&ns, &pod, l.index).await?;
-                }
-            }
+            Ok(ns) => remove_pod_links(&ns, &args.ifname).await?,
             Err(kernel::Error::NotFound(_)) => {}
             Err(e) => return Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
         }
@@ -704,11 +699,46 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
     Ok(())
 }
 
+/// Prefix of the name a pod interface gets on DEL while its deletion is under way ([`remove_pod_link`]).
+const TOMB_PREFIX: &str = "cnidel";
+
+/// Removes the attachment's interface `ifname` from the pod namespace, and any interface a killed DEL left
+/// renamed out of the way (nothing else in the pod is named so: the tombstone prefix is ours, and a link
+/// carrying it was already condemned by the DEL that renamed it). One dump gives both, as one lookup by name
+/// would cost the same.
+async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let pod = Netlink::in_netns(ns)?;
+    for l in pod.links().await? {
+        if l.name == ifname {
+            if l.loopback {
+                return Err(CniError::new(
+                    ERR_INVALID_ENV,
+                    format!("CNI_IFNAME {ifname}: that is the pod's loopback interface, which bridge neither makes nor deletes"),
+                ));
+            }
+            if l.kind.is_none() {
+                // A physical device (moved in by another plugin): the kernel cannot delete it, and renaming it out
+                // of the way would only break it.
+                return Err(CniError::internal(format!(
+                    "{ifname} in {} is not a virtual interface; bridge did not make it and cannot delete it",
+                    ns.path().display()
+                )));
+            }
+            remove_pod_link(ns, &pod, l.index).await?;
+        } else if l.name.starts_with(TOMB_PREFIX) && l.kind.as_deref() == Some("veth") {
+            // Synchronously: this is the retry of a DEL that was killed, not the common path.
+            pod.delete_link(l.index).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free
-/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process.
+/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process. Killed after the
+/// rename, the retried DEL recognises the link by its tombstone prefix ([`remove_pod_links`]).
 async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
     pod.set_down(index).await?;
-    let tomb = host_veth_name()?.replacen("veth", "cnidel", 1);
+    let tomb = host_veth_name()?.replacen("veth", TOMB_PREFIX, 1);
     if pod.rename(index, &tomb).await.is_ok()
         && kernel::link::delete_link_detached(ns, index).is_ok()
     {
