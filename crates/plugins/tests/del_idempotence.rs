@@ -360,3 +360,103 @@ fn bridge_sigkill_during_del() {
     }
     eprintln!("{DEL_KILLS} DELs, {killed} killed before finishing");
 }
+
+/// Every mention of `needle` in the node's firewall (iptables nat table and the whole nft ruleset).
+fn firewall_mentions(node: &str, needle: &str) -> Vec<String> {
+    let mut out = vec![];
+    for cmd in [
+        &["iptables-save", "-t", "nat"][..],
+        &["nft", "list", "ruleset"][..],
+    ] {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", node])
+            .args(cmd)
+            .output()
+            .expect("run firewall tool");
+        out.extend(
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| l.contains(needle))
+                .map(str::to_string),
+        );
+    }
+    out
+}
+
+/// bridge DEL runs every teardown step even when one fails: with its IPAM plugin missing, the pod interface, the
+/// masquerade rules and the macspoofchk chains still go, and the one error names the failed step. The retry with
+/// the IPAM plugin back releases the address.
+#[test]
+fn bridge_del_does_every_step() {
+    if !is_root() {
+        return;
+    }
+    let imp = Impl::ours();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&imp);
+    let mut plugin = bridge_conf(BR, "10.244.8.0/24", &sb.path("ipam"));
+    plugin["ipMasq"] = true.into();
+    plugin["macspoofchk"] = true.into();
+    let net = Net::new(NET, "1.0.0", vec![plugin.clone()]);
+    let att = sb.att(0, &pod);
+    let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    assert!(
+        firewall_mentions(&sb.node.name, &att.container_id).len() >= 2,
+        "no masquerade or spoof-check rules after ADD: {:?}",
+        firewall_mentions(&sb.node.name, &att.container_id)
+    );
+
+    plugin["ipam"]["type"] = "frt-no-such-ipam".into();
+    let broken = Net::new(NET, "1.0.0", vec![plugin]);
+    let out = rt.exec(
+        "bridge",
+        "DEL",
+        Some(&att),
+        &broken.plugin_conf(0, Some(&r)),
+    );
+    out.assert_some_err();
+    assert!(
+        out.msg().contains("IPAM") && out.msg().contains("frt-no-such-ipam"),
+        "the error must name the failed step: {out:?}"
+    );
+    wait_no_veths(&sb.node.name);
+    assert_eq!(link_names(&pod.name), vec!["lo"]);
+    assert_eq!(
+        firewall_mentions(&sb.node.name, &att.container_id),
+        Vec::<String>::new(),
+        "rules left after a DEL whose IPAM step failed"
+    );
+    assert_eq!(ip_files(&sb.path("ipam"), NET).len(), 1);
+
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("retried DEL: {o:?}"));
+    assert!(ip_files(&sb.path("ipam"), NET).is_empty());
+}
+
+/// flannel GC runs both of its steps whatever happens to the other: with its delegate failing (a delegate type
+/// that is not installed), the stale delegate caches are still swept, and the error names the delegate.
+#[test]
+fn flannel_gc_does_every_step() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let mut net = flannel_net(&sb, "1.1.0");
+    net.plugins[1]["delegate"]["type"] = "frt-no-such-plugin".into();
+    let cache = sb.path("flannel");
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::write(cache.join(sb.cid(9)), b"{\"type\":\"bridge\"}").unwrap();
+    let errs = rt.gc(&net, &[]).expect_err("the delegate is missing");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].msg().contains("frt-no-such-plugin"),
+        "{:?}",
+        errs[0]
+    );
+    assert!(
+        !cache.join(sb.cid(9)).exists(),
+        "stale cache kept because the delegate's GC failed"
+    );
+}

@@ -7,7 +7,7 @@
 //! to come up (it is up at creation and the bridge has no STP); a failed ADD removes what it made.
 
 use crate::delegate;
-use crate::error::{CniError, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
+use crate::error::{CniError, Failures, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
 use ipnet::IpNet;
@@ -305,26 +305,42 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
     match add_inner(args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
         Ok(r) => Ok(r),
         Err(e) => {
-            // Leave nothing behind: the veth pair, the IP, the masquerade rules.
+            // Leave nothing behind: the veth pair, the IP, the masquerade rules, each step whatever the others
+            // did; what could not be undone is reported with the error (the runtime's DEL retries it).
+            let mut f = Failures::new();
             if let Some(hv) = &undo.host_veth {
-                if let Ok(Some(l)) = host.link_by_name(hv).await {
-                    let _ = host.delete_link(l.index).await;
-                }
+                let r = async {
+                    if let Some(l) = host.link_by_name(hv).await? {
+                        host.delete_link(l.index).await?;
+                    }
+                    Ok::<(), kernel::Error>(())
+                };
+                f.step("veth", r.await.map_err(CniError::from));
             }
             if let Some(t) = undo.ipam {
                 let del = CmdArgs {
                     command: Command::Del,
                     ..args.clone()
                 };
-                let _ = delegate::run(&t, &del, args.stdin.clone()).await;
+                f.step(
+                    format!("IPAM ({t})"),
+                    delegate::run(&t, &del, args.stdin.clone()).await,
+                );
             }
             if bc.ip_masq {
-                let _ = ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[]);
+                f.step(
+                    "ipMasq",
+                    ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
+                        .map_err(CniError::from),
+                );
             }
             if undo.spoofchk {
-                let _ = spoofcheck::teardown(&args.container_id, &args.ifname);
+                f.step(
+                    "macspoofchk",
+                    spoofcheck::teardown(&args.container_id, &args.ifname).map_err(CniError::from),
+                );
             }
-            Err(e)
+            Err(f.add_to(e))
         }
     }
 }
@@ -678,25 +694,45 @@ async fn ensure_gateway_addr(
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    if !args.netns.is_empty() {
-        // A namespace that is already gone took its interfaces with it; the IP and rules are still ours to free.
+    // An unusable CNI_NETNS is a bad request, refused before anything is released: the interface may still be
+    // up with its address in a namespace we were not shown.
+    let ns = if args.netns.is_empty() {
+        None
+    } else {
         match Netns::open(&args.netns) {
-            Ok(ns) => remove_pod_links(&ns, &args.ifname).await?,
-            Err(kernel::Error::NotFound(_)) => {}
+            Ok(ns) => Some(ns),
+            // A namespace that is already gone took its interfaces with it; the IP and rules are still ours.
+            Err(kernel::Error::NotFound(_)) => None,
             Err(e) => return Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
         }
+    };
+    // Every step runs whatever happened to the others, so one failure leaves as little as possible behind for
+    // the runtime's retry; each step is idempotent.
+    let mut f = Failures::new();
+    if let Some(ns) = &ns {
+        f.step("pod interface", remove_pod_links(ns, &args.ifname).await);
     }
     if let Some(t) = &bc.ipam_type {
-        delegate::run(t, args, args.stdin.clone()).await?;
+        f.step(
+            format!("IPAM ({t})"),
+            delegate::run(t, args, args.stdin.clone()).await,
+        );
     }
     if bc.macspoofchk {
         // Keyed by the attachment, so it goes even when the interface (and its namespace) already went.
-        spoofcheck::teardown(&args.container_id, &args.ifname)?;
+        f.step(
+            "macspoofchk",
+            spoofcheck::teardown(&args.container_id, &args.ifname).map_err(CniError::from),
+        );
     }
     if bc.ip_masq {
-        ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])?;
+        f.step(
+            "ipMasq",
+            ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
+                .map_err(CniError::from),
+        );
     }
-    Ok(())
+    f.finish("DEL")
 }
 
 /// Prefix of the name a pod interface gets on DEL while its deletion is under way ([`remove_pod_link`]).
@@ -708,29 +744,41 @@ const TOMB_PREFIX: &str = "cnidel";
 /// would cost the same.
 async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
     let pod = Netlink::in_netns(ns)?;
+    let mut f = Failures::new();
     for l in pod.links().await? {
         if l.name == ifname {
-            if l.loopback {
-                return Err(CniError::new(
-                    ERR_INVALID_ENV,
-                    format!("CNI_IFNAME {ifname}: that is the pod's loopback interface, which bridge neither makes nor deletes"),
-                ));
-            }
-            if l.kind.is_none() {
-                // A physical device (moved in by another plugin): the kernel cannot delete it, and renaming it out
-                // of the way would only break it.
-                return Err(CniError::internal(format!(
-                    "{ifname} in {} is not a virtual interface; bridge did not make it and cannot delete it",
-                    ns.path().display()
-                )));
-            }
-            remove_pod_link(ns, &pod, l.index).await?;
+            f.step(ifname, remove_attachment_link(ns, &pod, &l).await);
         } else if l.name.starts_with(TOMB_PREFIX) && l.kind.as_deref() == Some("veth") {
             // Synchronously: this is the retry of a DEL that was killed, not the common path.
-            pod.delete_link(l.index).await?;
+            f.step(
+                l.name.clone(),
+                pod.delete_link(l.index).await.map_err(CniError::from),
+            );
         }
     }
-    Ok(())
+    f.into_result()
+}
+
+async fn remove_attachment_link(ns: &Netns, pod: &Netlink, l: &Link) -> Result<(), CniError> {
+    if l.loopback {
+        return Err(CniError::new(
+            ERR_INVALID_ENV,
+            format!(
+                "CNI_IFNAME {}: that is the pod's loopback interface, which bridge neither makes nor deletes",
+                l.name
+            ),
+        ));
+    }
+    if l.kind.is_none() {
+        // A physical device (moved in by another plugin): the kernel cannot delete it, and renaming it out of
+        // the way would only break it.
+        return Err(CniError::internal(format!(
+            "{} in {} is not a virtual interface; bridge did not make it and cannot delete it",
+            l.name,
+            ns.path().display()
+        )));
+    }
+    remove_pod_link(ns, pod, l.index).await
 }
 
 /// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free
@@ -860,11 +908,12 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), Cn
 }
 
 async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    let mut errors = Vec::new();
+    let mut f = Failures::new();
     if let Some(t) = &bc.ipam_type {
-        if let Err(e) = delegate::run(t, args, args.stdin.clone()).await {
-            errors.push(e.to_string());
-        }
+        f.step(
+            format!("IPAM ({t})"),
+            delegate::run(t, args, args.stdin.clone()).await,
+        );
     }
     if bc.ip_masq {
         let valid: Vec<(String, String)> = conf
@@ -872,15 +921,12 @@ async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniEr
             .into_iter()
             .map(|a| (a.container_id, a.ifname))
             .collect();
-        if let Err(e) = ipmasq::gc_ip_masq(&conf.name, &valid) {
-            errors.push(e.to_string());
-        }
+        f.step(
+            "ipMasq",
+            ipmasq::gc_ip_masq(&conf.name, &valid).map_err(CniError::from),
+        );
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::internal(format!("GC: {}", errors.join("; "))))
-    }
+    f.finish("GC")
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! `host-local` ranges and routes by default), caches it per container, and delegates to it.
 
 use crate::delegate;
-use crate::error::{CniError, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER};
+use crate::error::{CniError, Failures, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::NetConf;
 use ipnet::IpNet;
@@ -283,6 +283,18 @@ fn save_cache(fc: &FlannelConf, container_id: &str, bytes: &[u8]) -> Result<(), 
     })
 }
 
+/// Removes a delegate cache file; one already gone is fine (a concurrent DEL or GC got there first).
+fn remove_cache(path: &Path) -> Result<(), CniError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(CniError::io(format!(
+            "failed to remove delegate cache {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 /// The delegate config for a DEL whose cache file is there but unparsable (truncated by a disk fault or by hand):
 /// rendered from the current subnet.env as ADD would, so the delegate still releases the attachment's address
 /// and interface instead of failing forever (upstream, flannel-io/flannel#1662) or leaving them behind.
@@ -337,8 +349,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                     }
                     None => {
                         tracing::warn!(path = %path.display(), "ignoring unparsable delegate cache");
-                        let _ = std::fs::remove_file(&path);
-                        return Ok(None);
+                        return remove_cache(&path).map(|()| None);
                     }
                 },
             };
@@ -358,8 +369,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
             };
             // Kept when the delegate fails, so the runtime's retry can still finish the job.
             delegate::run(&dtype, args, bytes).await?;
-            let _ = std::fs::remove_file(&path);
-            Ok(None)
+            remove_cache(&path).map(|()| None)
         }
         Command::Check => {
             let path = cache_path(&fc, &args.container_id);
@@ -389,32 +399,36 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                 .into_iter()
                 .map(|a| a.container_id)
                 .collect();
-            let env = load_subnet_env(&fc.subnet_file).ok();
-            if let Some(env) = env {
-                let mut d = delegate_conf(conf, &fc, &env)?;
-                for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-                    if let Some(v) = conf.extra.get(key) {
-                        d[key] = v.clone();
+            // Both steps run whatever happens to the other: a failing delegate must not keep the stale caches.
+            let mut f = Failures::new();
+            if let Ok(env) = load_subnet_env(&fc.subnet_file) {
+                let r = async {
+                    let mut d = delegate_conf(conf, &fc, &env)?;
+                    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+                        if let Some(v) = conf.extra.get(key) {
+                            d[key] = v.clone();
+                        }
                     }
-                }
-                let dtype = d
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("bridge")
-                    .to_string();
-                let bytes =
-                    serde_json::to_vec(&d).map_err(|e| CniError::internal(e.to_string()))?;
-                delegate::run(&dtype, args, bytes).await?;
+                    let dtype = d
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("bridge")
+                        .to_string();
+                    let bytes =
+                        serde_json::to_vec(&d).map_err(|e| CniError::internal(e.to_string()))?;
+                    delegate::run(&dtype, args, bytes).await
+                };
+                f.step("delegate", r.await);
             }
             if let Ok(rd) = std::fs::read_dir(&fc.data_dir) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if !name.starts_with('.') && !valid.contains(&name) {
-                        let _ = std::fs::remove_file(e.path());
+                        f.step(format!("delegate cache {name}"), remove_cache(&e.path()));
                     }
                 }
             }
-            Ok(None)
+            f.finish("GC").map(|()| None)
         }
         Command::Status => {
             let env = load_subnet_env(&fc.subnet_file)
