@@ -160,10 +160,10 @@ impl Failures {
     /// `Ok` when nothing failed, a single failure as it is, several as one error naming each (for steps nested
     /// in a step that is named already).
     pub fn into_result(mut self) -> Result<(), CniError> {
-        match self.failed.len() {
-            0 => Ok(()),
-            1 => Err(self.failed.remove(0).1),
-            _ => Err(CniError::new(self.failed[0].1.code, self.summary())),
+        match (self.failed.len(), self.failed.first()) {
+            (_, None) => Ok(()),
+            (1, _) => Err(self.failed.remove(0).1),
+            (_, Some((_, first))) => Err(CniError::new(first.code, self.summary())),
         }
     }
 

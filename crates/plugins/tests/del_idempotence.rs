@@ -460,3 +460,43 @@ fn flannel_gc_does_every_step() {
         "stale cache kept because the delegate's GC failed"
     );
 }
+
+/// flannel CHECK with a delegate cache that is valid JSON but not a delegate config (not an object, or an object
+/// without a string `type`): an error, never a panic. DEL still releases the attachment afterwards.
+#[test]
+fn flannel_check_with_a_foreign_cache() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_net(&sb, "1.0.0");
+    let att = sb.att(0, &pod);
+    let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    rt.check(&net, &att, &r)
+        .unwrap_or_else(|o| panic!("CHECK of the intact attachment: {o:?}"));
+    for body in ["[1]", "\"x\"", "1", "true", "null", "{}", "{\"type\":7}"] {
+        std::fs::write(flannel_cache(&sb, &att), body).unwrap();
+        let out = rt.exec(
+            "flannel",
+            "CHECK",
+            Some(&att),
+            &net.plugin_conf(1, Some(&r)),
+        );
+        assert!(
+            !out.stderr.contains("panicked"),
+            "CHECK panicked on cache {body}: {out:?}"
+        );
+        assert_eq!(out.assert_some_err(), 6, "cache {body}: {out:?}");
+        assert!(
+            out.msg().contains("delegate cache"),
+            "cache {body}: {out:?}"
+        );
+    }
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    assert!(ip_files(&sb.path("ipam"), "cbr0").is_empty());
+    assert!(!flannel_cache(&sb, &att).exists());
+}

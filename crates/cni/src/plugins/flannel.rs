@@ -102,6 +102,12 @@ impl SubnetEnv {
         Ok(env)
     }
 
+    /// Parses the file as read from disk (text that is not UTF-8 is an error, not flanneld's absence).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
+        Self::parse(text)
+    }
+
     /// Renders the file as flanneld writes it.
     pub fn render(&self) -> String {
         let join = |v: &[IpNet]| {
@@ -168,7 +174,7 @@ impl FlannelConf {
 }
 
 fn load_subnet_env(path: &Path) -> Result<SubnetEnv, CniError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         CniError::new(
             ERR_TRY_AGAIN_LATER,
             format!(
@@ -177,7 +183,7 @@ fn load_subnet_env(path: &Path) -> Result<SubnetEnv, CniError> {
             ),
         )
     })?;
-    SubnetEnv::parse(&text).map_err(|e| {
+    SubnetEnv::from_bytes(&bytes).map_err(|e| {
         CniError::config(format!(
             "failed to load flannel 'subnet.env' file {}: {e}",
             path.display()
@@ -186,7 +192,11 @@ fn load_subnet_env(path: &Path) -> Result<SubnetEnv, CniError> {
 }
 
 /// Builds the delegate configuration exactly as upstream's plugin does.
-fn delegate_conf(conf: &NetConf, fc: &FlannelConf, env: &SubnetEnv) -> Result<Value, CniError> {
+fn delegate_conf(
+    conf: &NetConf,
+    fc: &FlannelConf,
+    env: &SubnetEnv,
+) -> Result<Map<String, Value>, CniError> {
     let mut d = fc.delegate.clone();
     if d.contains_key("name") {
         return Err(CniError::config(
@@ -247,7 +257,93 @@ fn delegate_conf(conf: &NetConf, fc: &FlannelConf, env: &SubnetEnv) -> Result<Va
     }
     ipam.insert("routes".into(), Value::Array(routes));
     d.insert("ipam".into(), Value::Object(ipam));
-    Ok(Value::Object(d))
+    Ok(d)
+}
+
+/// A delegate cache as read back: the config object and its delegate type.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cached {
+    /// The delegate's `type`.
+    pub dtype: String,
+    /// The whole config, as cached.
+    pub conf: Map<String, Value>,
+}
+
+/// Parses a delegate cache file: a JSON object with a non-empty string `type`, which is all flannel ever writes
+/// (upstream too). Anything else, valid JSON or not, is an error saying what is wrong; never a panic.
+pub fn parse_cache(bytes: &[u8]) -> Result<Cached, String> {
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON ({e})"))?;
+    let Value::Object(conf) = v else {
+        return Err(format!("not a JSON object but {}", json_kind(&v)));
+    };
+    let dtype = match conf.get("type") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(v) => return Err(format!("\"type\" is not a plugin name but {v}")),
+        None => return Err("no \"type\"".into()),
+    };
+    Ok(Cached { dtype, conf })
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn to_bytes(m: &Map<String, Value>) -> Result<Vec<u8>, CniError> {
+    serde_json::to_vec(m).map_err(|e| CniError::internal(e.to_string()))
+}
+
+/// What CHECK sends the cached delegate: the cache with this CHECK's version and prevResult.
+fn check_request(path: &Path, bytes: &[u8], conf: &NetConf) -> Result<(String, Vec<u8>), CniError> {
+    let mut c = parse_cache(bytes)
+        .map_err(|e| CniError::decode(format!("delegate cache {}: {e}", path.display())))?;
+    c.conf.insert(
+        "cniVersion".into(),
+        Value::String(conf.version().to_string()),
+    );
+    if let Some(p) = &conf.prev_result {
+        c.conf.insert("prevResult".into(), p.clone());
+    }
+    Ok((c.dtype, to_bytes(&c.conf)?))
+}
+
+/// What DEL sends the delegate, from the cache file's bytes: the cache as it is (with the runtime's prevResult
+/// when both speak the same version), or, when the cache is unusable, the config rendered again from subnet.env.
+/// `None`: there is nothing to run (the cache is unusable and subnet.env unreadable).
+fn del_request(
+    path: &Path,
+    bytes: Vec<u8>,
+    conf: &NetConf,
+    fc: &FlannelConf,
+) -> Result<Option<(String, Vec<u8>)>, CniError> {
+    let mut c = match parse_cache(&bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            return match rerender(conf, fc, path, &e) {
+                Some(c) => Ok(Some((c.dtype, to_bytes(&c.conf)?))),
+                None => Ok(None),
+            }
+        }
+    };
+    // The runtime's prevResult is handed on (the spec gives it to every plugin on DEL) so that host-local can
+    // release the attachment's addresses without reading every reservation. Only when the cached config speaks
+    // the same version: a delegate parses prevResult by its own cniVersion.
+    match &conf.prev_result {
+        Some(p)
+            if !p.is_null()
+                && c.conf.get("cniVersion").and_then(Value::as_str) == Some(conf.version()) =>
+        {
+            c.conf.insert("prevResult".into(), p.clone());
+            Ok(Some((c.dtype, to_bytes(&c.conf)?)))
+        }
+        _ => Ok(Some((c.dtype, bytes))),
+    }
 }
 
 fn cache_path(fc: &FlannelConf, container_id: &str) -> PathBuf {
@@ -295,16 +391,16 @@ fn remove_cache(path: &Path) -> Result<(), CniError> {
     }
 }
 
-/// The delegate config for a DEL whose cache file is there but unparsable (truncated by a disk fault or by hand):
+/// The delegate config for a DEL whose cache file is there but unusable (truncated by a disk fault, or edited):
 /// rendered from the current subnet.env as ADD would, so the delegate still releases the attachment's address
 /// and interface instead of failing forever (upstream, flannel-io/flannel#1662) or leaving them behind.
 /// `None` when subnet.env cannot be read either.
-fn rerender(conf: &NetConf, fc: &FlannelConf, path: &Path) -> Option<(String, Value)> {
+fn rerender(conf: &NetConf, fc: &FlannelConf, path: &Path, why: &str) -> Option<Cached> {
     let env = load_subnet_env(&fc.subnet_file).ok()?;
     let d = delegate_conf(conf, fc, &env).ok()?;
-    tracing::warn!(path = %path.display(), "delegate cache unparsable; using the config rendered from subnet.env");
+    tracing::warn!(path = %path.display(), why, "delegate cache unusable; using the config rendered from subnet.env");
     let dtype = d.get("type")?.as_str()?.to_string();
-    Some((dtype, d))
+    Some(Cached { dtype, conf: d })
 }
 
 /// Runs the flannel plugin for one command.
@@ -314,7 +410,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
         Command::Add => {
             let env = load_subnet_env(&fc.subnet_file)?;
             let d = delegate_conf(conf, &fc, &env)?;
-            let bytes = serde_json::to_vec(&d).map_err(|e| CniError::internal(e.to_string()))?;
+            let bytes = to_bytes(&d)?;
             // Saved before delegating so a DEL after a crash in the middle still knows what to undo.
             save_cache(&fc, &args.container_id, &bytes)?;
             let dtype = d
@@ -336,36 +432,9 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                     )))
                 }
             };
-            let parsed = serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| Some((v.get("type")?.as_str()?.to_string(), v)));
-            let (dtype, mut cached, bytes) = match parsed {
-                Some((t, v)) => (t, v, bytes),
-                None => match rerender(conf, &fc, &path) {
-                    Some((t, v)) => {
-                        let b = serde_json::to_vec(&v)
-                            .map_err(|e| CniError::internal(e.to_string()))?;
-                        (t, v, b)
-                    }
-                    None => {
-                        tracing::warn!(path = %path.display(), "ignoring unparsable delegate cache");
-                        return remove_cache(&path).map(|()| None);
-                    }
-                },
-            };
-            // The runtime's prevResult is handed on (the spec gives it to every plugin on DEL) so that host-local
-            // can release the attachment's addresses without reading every reservation. Only when the cached
-            // config speaks the same version: a delegate parses prevResult by its own cniVersion.
-            let bytes = match &conf.prev_result {
-                Some(p)
-                    if !p.is_null()
-                        && cached.get("cniVersion").and_then(Value::as_str)
-                            == Some(conf.version()) =>
-                {
-                    cached["prevResult"] = p.clone();
-                    serde_json::to_vec(&cached).unwrap_or(bytes)
-                }
-                _ => bytes,
+            let Some((dtype, bytes)) = del_request(&path, bytes, conf, &fc)? else {
+                tracing::warn!(path = %path.display(), "ignoring unusable delegate cache");
+                return remove_cache(&path).map(|()| None);
             };
             // Kept when the delegate fails, so the runtime's retry can still finish the job.
             delegate::run(&dtype, args, bytes).await?;
@@ -379,18 +448,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                     format!("no delegate cache {}: {e}", path.display()),
                 )
             })?;
-            let mut d: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| CniError::decode(format!("{}: {e}", path.display())))?;
-            let dtype = d
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("bridge")
-                .to_string();
-            d["cniVersion"] = Value::String(conf.version().to_string());
-            if let Some(p) = &conf.prev_result {
-                d["prevResult"] = p.clone();
-            }
-            let bytes = serde_json::to_vec(&d).map_err(|e| CniError::internal(e.to_string()))?;
+            let (dtype, bytes) = check_request(&path, &bytes, conf)?;
             delegate::run(&dtype, args, bytes).await
         }
         Command::Gc => {
@@ -406,7 +464,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                     let mut d = delegate_conf(conf, &fc, &env)?;
                     for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
                         if let Some(v) = conf.extra.get(key) {
-                            d[key] = v.clone();
+                            d.insert(key.into(), v.clone());
                         }
                     }
                     let dtype = d
@@ -414,8 +472,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                         .and_then(Value::as_str)
                         .unwrap_or("bridge")
                         .to_string();
-                    let bytes =
-                        serde_json::to_vec(&d).map_err(|e| CniError::internal(e.to_string()))?;
+                    let bytes = to_bytes(&d)?;
                     delegate::run(&dtype, args, bytes).await
                 };
                 f.step("delegate", r.await);
@@ -439,8 +496,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
                 .and_then(Value::as_str)
                 .unwrap_or("bridge")
                 .to_string();
-            let bytes = serde_json::to_vec(&d).map_err(|e| CniError::internal(e.to_string()))?;
-            delegate::run(&dtype, args, bytes).await
+            delegate::run(&dtype, args, to_bytes(&d)?).await
         }
         Command::Version => Ok(None),
     }
@@ -489,7 +545,7 @@ mod tests {
         let d = delegate_conf(&conf, &fc, &SubnetEnv::parse(ENV).unwrap()).unwrap();
         let want = json!({"ipMasq":false,"ipam":{"routes":[{"dst":"10.1.0.0/16"}],"ranges":[[{"subnet":"10.1.17.0/24"}]],
             "type":"host-local"},"isGateway":true,"mtu":1472,"name":"cni-flannel","type":"bridge","cniVersion":"0.3.1"});
-        assert_eq!(d, want);
+        assert_eq!(Value::Object(d), want);
     }
 
     #[test]
@@ -517,10 +573,199 @@ mod tests {
         );
     }
 
+    #[test]
+    fn cache_must_be_an_object_with_a_type() {
+        for bad in [
+            &b"[1]"[..],
+            b"\"x\"",
+            b"1",
+            b"true",
+            b"null",
+            b"{}",
+            b"{\"type\":7}",
+            b"{\"type\":\"\"}",
+            b"",
+        ] {
+            assert!(
+                parse_cache(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let c = parse_cache(br#"{"type":"bridge","mtu":1450}"#).unwrap();
+        assert_eq!(c.dtype, "bridge");
+        assert_eq!(c.conf["mtu"], 1450);
+        let conf =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"n","type":"flannel"}"#).unwrap();
+        let e = check_request(Path::new("/x"), b"[1]", &conf).unwrap_err();
+        assert_eq!(e.code, 6);
+        assert!(e.msg.contains("not a JSON object"), "{e}");
+    }
+
+    /// A directory of its own, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p =
+                std::env::temp_dir().join(format!("flannel-rs-flannel-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// Any JSON value, with the keys a delegate cache or a CNI config has among the random ones.
+    fn arb_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::String),
+            prop::sample::select(vec![
+                "bridge",
+                "host-local",
+                "",
+                "1.0.0",
+                "0.3.1",
+                "10.244.1.0/24"
+            ])
+            .prop_map(|s| Value::String(s.into())),
+        ];
+        leaf.prop_recursive(3, 32, 6, |inner| {
+            let key = prop_oneof![
+                prop::sample::select(vec![
+                    "type",
+                    "cniVersion",
+                    "name",
+                    "ipam",
+                    "prevResult",
+                    "mtu",
+                    "ranges",
+                    "subnet",
+                    "ips",
+                    "interfaces",
+                    "routes",
+                    "dst",
+                ])
+                .prop_map(str::to_string),
+                ".{0,6}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// A cache file's possible contents: random bytes, any JSON, and real caches cut off anywhere.
+    fn arb_cache() -> impl Strategy<Value = Vec<u8>> {
+        let real = br#"{"cniVersion":"1.0.0","hairpinMode":true,"ipMasq":false,"ipam":{"ranges":[[{"subnet":"10.244.1.0/24"}]],"routes":[{"dst":"10.244.0.0/16"}],"type":"host-local"},"isGateway":true,"mtu":1450,"name":"cbr0","type":"bridge"}"#;
+        prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            arb_json().prop_map(|v| v.to_string().into_bytes()),
+            (0..real.len()).prop_map(move |n| real[..n].to_vec()),
+            (0..real.len(), any::<u8>()).prop_map(move |(i, b)| {
+                let mut v = real.to_vec();
+                v[i] = b;
+                v
+            }),
+        ]
+    }
+
+    /// subnet.env's possible contents: the keys flanneld writes with values valid, near-valid or random, other
+    /// lines, and random bytes.
+    fn arb_subnet_env() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop::sample::select(vec![
+            "FLANNEL_NETWORK",
+            "FLANNEL_SUBNET",
+            "FLANNEL_IPV6_NETWORK",
+            "FLANNEL_IPV6_SUBNET",
+            "FLANNEL_MTU",
+            "FLANNEL_IPMASQ",
+            "OTHER",
+        ]);
+        let value = prop_oneof![
+            (any::<[u8; 4]>(), 0u8..40)
+                .prop_map(|(a, p)| format!("{}.{}.{}.{}/{p}", a[0], a[1], a[2], a[3])),
+            (any::<[u16; 8]>(), 0u8..140)
+                .prop_map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(a))),
+            any::<i64>().prop_map(|n| n.to_string()),
+            prop::sample::select(vec![
+                "true",
+                "false",
+                "\"10.1.0.0/16\"",
+                "10.1.0.0/16,10.2.0.0/16",
+                ""
+            ])
+            .prop_map(str::to_string),
+            ".{0,20}",
+        ];
+        let line = prop_oneof![
+            4 => (key, value).prop_map(|(k, v)| format!("{k}={v}")),
+            1 => ".{0,30}",
+        ];
+        prop_oneof![
+            4 => prop::collection::vec(line, 0..10).prop_map(|l| l.join("\n").into_bytes()),
+            1 => prop::collection::vec(any::<u8>(), 0..200),
+        ]
+    }
+
     proptest! {
         #[test]
         fn subnet_env_parse_never_panics(s in ".{0,300}") {
             let _ = SubnetEnv::parse(&s);
+        }
+
+        /// subnet.env as read from disk: parsed or refused with a message, never a panic; what parses renders
+        /// back to text that parses to the same.
+        #[test]
+        fn subnet_env_file_never_panics(bytes in arb_subnet_env()) {
+            if let Ok(env) = SubnetEnv::from_bytes(&bytes) {
+                prop_assert_eq!(SubnetEnv::parse(&env.render()), Ok(env));
+            }
+        }
+
+        /// The delegate cache as read back by CHECK and DEL: an error or a request for the delegate, never a
+        /// panic, whatever the file holds and whatever the runtime's config and prevResult are. DEL falls back
+        /// to rendering from subnet.env (present or not) for anything that is not a cache.
+        #[test]
+        fn delegate_cache_never_panics(bytes in arb_cache(), prev in arb_json(),
+                                       ver in prop::sample::select(vec!["0.3.1", "1.0.0", "1.1.0"]),
+                                       with_env in any::<bool>()) {
+            let parsed = parse_cache(&bytes);
+            if let Ok(c) = &parsed {
+                prop_assert!(!c.dtype.is_empty());
+            }
+            let tmp = TempDir::new();
+            let dir = tmp.0.clone();
+            let env_file = dir.join("subnet.env");
+            std::fs::write(&env_file, ENV).unwrap();
+            let subnet_file = if with_env { env_file } else { dir.join("missing.env") };
+            let conf = json!({"cniVersion": ver, "name": "cbr0", "type": "flannel", "prevResult": prev,
+                              "subnetFile": subnet_file, "dataDir": dir});
+            let conf = NetConf::parse(conf.to_string().as_bytes()).unwrap();
+            let fc = FlannelConf::from_conf(&conf).unwrap();
+            let path = dir.join("c1");
+            let check = check_request(&path, &bytes, &conf);
+            prop_assert_eq!(check.is_ok(), parsed.is_ok());
+            match del_request(&path, bytes.clone(), &conf, &fc) {
+                Ok(Some((t, req))) => {
+                    prop_assert!(!t.is_empty());
+                    prop_assert!(parse_cache(&req).is_ok());
+                }
+                Ok(None) => prop_assert!(parsed.is_err() && !with_env),
+                Err(e) => prop_assert!(false, "DEL request failed: {e}"),
+            }
         }
     }
 }

@@ -737,6 +737,11 @@ pub fn flannel_conf(sb: &Sandbox) -> Value {
     })
 }
 
+/// Where the flannel plugin of [`flannel_conf`] caches the delegate config of an attachment.
+pub fn flannel_cache(sb: &Sandbox, att: &Att) -> PathBuf {
+    sb.path("flannel").join(&att.container_id)
+}
+
 /// `loopback` + `flannel`, as a conflist; writes the default subnet.env.
 pub fn flannel_net(sb: &Sandbox, version: &str) -> Net {
     write_subnet_env(
