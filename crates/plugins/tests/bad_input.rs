@@ -141,10 +141,7 @@ fn unknown_version(imp: &Impl) {
         }
     }
     nothing_left(&sb, Some(&pod), &data);
-    assert!(
-        !sb.path("flannel").join(&att.container_id).exists(),
-        "flannel cache written"
-    );
+    assert!(!flannel_cache(&sb, &att).exists(), "flannel cache written");
 }
 
 fn subnet_31(imp: &Impl) {
@@ -346,7 +343,7 @@ fn flannel_without_subnet_env() {
         "{msg}"
     );
     assert!(
-        !sb.path("flannel").join(&att.container_id).exists(),
+        !flannel_cache(&sb, &att).exists(),
         "cache written without a delegate"
     );
     nothing_left(&sb, Some(&pod), &sb.path("ipam"));
@@ -381,7 +378,7 @@ fn flannel_bad_subnet_env() {
     }
     rt.del(&net, &att, None)
         .unwrap_or_else(|o| panic!("DEL: {o:?}"));
-    assert!(!sb.path("flannel").join(&att.container_id).exists());
+    assert!(!flannel_cache(&sb, &att).exists());
 }
 
 /// A delegate block that upstream refuses (`name` or `ipam` inside `delegate`) is a configuration error.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const NET: &str = "frtnet";
 const BR: &str = "frtbr0";
@@ -159,19 +159,19 @@ fn flannel_del_idempotence() {
     // Twice, and after the netns is gone.
     let a0 = sb.att(0, &pods[0]);
     let r0 = rt.add(&net, &a0).unwrap_or_else(|o| panic!("ADD: {o:?}"));
-    let cached = std::fs::read(cache.join(&a0.container_id)).expect("cache file after ADD");
+    let cached = std::fs::read(flannel_cache(&sb, &a0)).expect("cache file after ADD");
     rt.del(&net, &a0, Some(&r0))
         .unwrap_or_else(|o| panic!("DEL: {o:?}"));
     rt.del(&net, &a0, Some(&r0))
         .unwrap_or_else(|o| panic!("second DEL: {o:?}"));
-    assert!(!cache.join(&a0.container_id).exists());
+    assert!(!flannel_cache(&sb, &a0).exists());
 
     let a1 = sb.att(1, &pods[1]);
     let r1 = rt.add(&net, &a1).unwrap_or_else(|o| panic!("ADD: {o:?}"));
     pods[1].delete();
     rt.del(&net, &a1, Some(&r1))
         .unwrap_or_else(|o| panic!("DEL after netns gone: {o:?}"));
-    assert!(!cache.join(&a1.container_id).exists());
+    assert!(!flannel_cache(&sb, &a1).exists());
     assert!(
         ip_files(&data, "cbr0").is_empty(),
         "{:?}",
@@ -180,10 +180,10 @@ fn flannel_del_idempotence() {
 
     // Only the cache file exists (as if killed between caching and delegating).
     let a2 = sb.att(2, &pods[2]);
-    std::fs::write(cache.join(&a2.container_id), &cached).unwrap();
+    std::fs::write(flannel_cache(&sb, &a2), &cached).unwrap();
     rt.del(&net, &a2, None)
         .unwrap_or_else(|o| panic!("DEL with only a cache file: {o:?}"));
-    assert!(!cache.join(&a2.container_id).exists(), "cache left");
+    assert!(!flannel_cache(&sb, &a2).exists(), "cache left");
 
     rt.del(&net, &a2, None)
         .unwrap_or_else(|o| panic!("third DEL: {o:?}"));
@@ -223,7 +223,7 @@ fn flannel_del_after_failed_delegate() {
     out.assert_some_err();
     rt.del(&net, &a4, None)
         .unwrap_or_else(|o| panic!("DEL after a failed ADD: {o:?}"));
-    assert!(!cache.join(&a4.container_id).exists());
+    assert!(!flannel_cache(&sb, &a4).exists());
     assert!(link(&p4.name, "eth0").is_none());
     assert!(ip_files_of(&data, "cbr0", &a4.container_id).is_empty());
     rt.del(&net, &a3, Some(&r3))
@@ -249,26 +249,25 @@ fn flannel_del_with_empty_cache() {
     let pods = sb.pods(2);
     let rt = sb.runtime(&Impl::ours());
     let net = flannel_net(&sb, "1.0.0");
-    let cache = sb.path("flannel");
     let data = sb.path("ipam");
 
     let a0 = sb.att(0, &pods[0]);
     rt.add(&net, &a0).unwrap_or_else(|o| panic!("ADD: {o:?}"));
     assert_eq!(ip_files_of(&data, "cbr0", &a0.container_id).len(), 1);
-    std::fs::write(cache.join(&a0.container_id), b"").unwrap();
+    std::fs::write(flannel_cache(&sb, &a0), b"").unwrap();
     rt.del(&net, &a0, None)
         .unwrap_or_else(|o| panic!("DEL with an empty cache: {o:?}"));
     assert!(ip_files_of(&data, "cbr0", &a0.container_id).is_empty());
     assert!(link(&pods[0].name, "eth0").is_none(), "pod interface left");
-    assert!(!cache.join(&a0.container_id).exists(), "cache left");
+    assert!(!flannel_cache(&sb, &a0).exists(), "cache left");
 
     let a1 = sb.att(1, &pods[1]);
     rt.add(&net, &a1).unwrap_or_else(|o| panic!("ADD: {o:?}"));
-    std::fs::write(cache.join(&a1.container_id), b"{\"cniVers").unwrap();
+    std::fs::write(flannel_cache(&sb, &a1), b"{\"cniVers").unwrap();
     std::fs::remove_file(sb.path("subnet.env")).unwrap();
     rt.del(&net, &a1, None)
         .unwrap_or_else(|o| panic!("DEL with a torn cache and no subnet.env: {o:?}"));
-    assert!(!cache.join(&a1.container_id).exists(), "cache left");
+    assert!(!flannel_cache(&sb, &a1).exists(), "cache left");
 }
 
 /// DEL with `CNI_IFNAME=lo` names the pod's loopback, which bridge never makes: it is refused and the loopback
@@ -499,4 +498,135 @@ fn flannel_check_with_a_foreign_cache() {
     wait_no_veths(&sb.node.name);
     assert!(ip_files(&sb.path("ipam"), "cbr0").is_empty());
     assert!(!flannel_cache(&sb, &att).exists());
+}
+
+/// A second flannel network: its own subnet.env and bridge, the same cache directory.
+fn flannel_second_net(sb: &Sandbox, version: &str) -> Net {
+    write_subnet_env(
+        &sb.path("subnet-b.env"),
+        "10.245.0.0/16",
+        "10.245.1.1/24",
+        1450,
+        true,
+    );
+    let mut plugin = flannel_conf(sb);
+    plugin["subnetFile"] = sb.path("subnet-b.env").to_str().unwrap().into();
+    plugin["delegate"] = json!({"bridge": "frtb1"});
+    Net::new("cbr1", version, vec![plugin])
+}
+
+/// One container with two flannel attachments (eth0 and net1, as Multus makes them), here from two flannel
+/// networks sharing the default cache directory: each DEL releases its own attachment, in either order.
+#[test]
+fn flannel_two_attachments_of_one_container() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let a = flannel_net(&sb, "1.0.0");
+    let b = flannel_second_net(&sb, "1.0.0");
+    let data = sb.path("ipam");
+    for (round, order) in [["eth0", "net1"], ["net1", "eth0"]].iter().enumerate() {
+        let pod = sb.pod(round);
+        let eth0 = sb.att(round, &pod);
+        let net1 = Att::new(&sb.cid(round), &pod.path(), "net1");
+        let ra = rt
+            .add(&a, &eth0)
+            .unwrap_or_else(|o| panic!("ADD eth0: {o:?}"));
+        let rb = rt
+            .add(&b, &net1)
+            .unwrap_or_else(|o| panic!("ADD net1: {o:?}"));
+        assert_eq!(ip_files_of(&data, "cbr0", &eth0.container_id).len(), 1);
+        assert_eq!(ip_files_of(&data, "cbr1", &net1.container_id).len(), 1);
+        for ifname in order {
+            let (net, att, r) = if *ifname == "eth0" {
+                (&a, &eth0, &ra)
+            } else {
+                (&b, &net1, &rb)
+            };
+            rt.del(net, att, Some(r))
+                .unwrap_or_else(|o| panic!("DEL {ifname}: {o:?}"));
+            assert!(
+                link(&pod.name, ifname).is_none(),
+                "{order:?}: {ifname} left"
+            );
+        }
+        wait_no_veths(&sb.node.name);
+        assert_eq!(link_names(&pod.name), vec!["lo"], "{order:?}");
+        assert!(
+            ip_files(&data, "cbr0").is_empty(),
+            "{order:?}: {:?}",
+            ip_files(&data, "cbr0")
+        );
+        assert!(
+            ip_files(&data, "cbr1").is_empty(),
+            "{order:?}: {:?}",
+            ip_files(&data, "cbr1")
+        );
+        assert_eq!(
+            std::fs::read_dir(sb.path("flannel"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0,
+            "{order:?}: cache left"
+        );
+    }
+}
+
+/// A cache upstream flannel (or an earlier version) wrote under the container ID alone is still found: CHECK uses
+/// it, DEL releases the attachment with it and removes it, and GC keeps it exactly while the container has a
+/// valid attachment. The per-attachment name is kept for (container, ifname) pairs GC is told are valid.
+#[test]
+fn flannel_reads_the_container_id_only_cache() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_net(&sb, "1.1.0");
+    let att = sb.att(0, &pod);
+    let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    assert!(flannel_cache(&sb, &att).is_file());
+    std::fs::rename(flannel_cache(&sb, &att), flannel_legacy_cache(&sb, &att)).unwrap();
+    rt.check(&net, &att, &r)
+        .unwrap_or_else(|o| panic!("CHECK with the old cache name: {o:?}"));
+
+    let other = Att::new(&sb.cid(1), &pod.path(), "eth0");
+    let net1 = Att::new(&sb.cid(0), &pod.path(), "net1");
+    for a in [&other, &net1] {
+        std::fs::write(flannel_cache(&sb, a), b"{\"type\":\"bridge\"}").unwrap();
+    }
+    rt.gc(
+        &net,
+        &[(&att.container_id, "eth0"), (&other.container_id, "eth0")],
+    )
+    .unwrap_or_else(|e| panic!("GC: {e:?}"));
+    assert!(
+        flannel_legacy_cache(&sb, &att).is_file(),
+        "GC dropped the old-name cache of a valid container"
+    );
+    assert!(
+        flannel_cache(&sb, &other).is_file(),
+        "GC dropped a valid attachment's cache"
+    );
+    assert!(
+        !flannel_cache(&sb, &net1).exists(),
+        "GC kept a stale attachment's cache"
+    );
+    std::fs::remove_file(flannel_cache(&sb, &other)).unwrap();
+
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL with the old cache name: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    assert_eq!(link_names(&pod.name), vec!["lo"]);
+    assert!(ip_files(&sb.path("ipam"), "cbr0").is_empty());
+    assert_eq!(
+        std::fs::read_dir(sb.path("flannel"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "cache left"
+    );
 }

@@ -1,5 +1,6 @@
 //! The `flannel` meta-plugin: reads flanneld's `subnet.env`, renders the delegate configuration (a `bridge` with
-//! `host-local` ranges and routes by default), caches it per container, and delegates to it.
+//! `host-local` ranges and routes by default), caches it per attachment (container ID and interface), and
+//! delegates to it.
 
 use crate::delegate;
 use crate::error::{CniError, Failures, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER};
@@ -346,18 +347,59 @@ fn del_request(
     }
 }
 
-fn cache_path(fc: &FlannelConf, container_id: &str) -> PathBuf {
-    fc.data_dir.join(container_id)
+/// Separates the container ID from the interface name in a cache file name; neither may contain it (container
+/// IDs are `[a-zA-Z0-9_.-]`, interface names have no `:`), so the name splits back unambiguously.
+const KEY_SEP: char = ':';
+
+/// The cache file name of an attachment, `<containerID>:<ifname>`. Upstream flannel (and earlier versions of this
+/// plugin) use the container ID alone, so a container's second attachment overwrote the first one's cache and
+/// the first DEL took it: the other attachment's address and interface were never released.
+pub fn cache_name(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}{KEY_SEP}{ifname}")
 }
 
-fn save_cache(fc: &FlannelConf, container_id: &str, bytes: &[u8]) -> Result<(), CniError> {
+/// The container ID and interface name a cache file name stands for; no interface for the old, ID-only name.
+pub fn parse_cache_name(name: &str) -> (&str, Option<&str>) {
+    match name.split_once(KEY_SEP) {
+        Some((id, ifname)) => (id, Some(ifname)),
+        None => (name, None),
+    }
+}
+
+fn cache_path(fc: &FlannelConf, args: &CmdArgs) -> PathBuf {
+    fc.data_dir
+        .join(cache_name(&args.container_id, &args.ifname))
+}
+
+/// Reads the attachment's cache: its own file, else one an earlier version or upstream flannel wrote under the
+/// container ID alone. `None` when there is neither.
+fn read_cache(fc: &FlannelConf, args: &CmdArgs) -> Result<Option<(PathBuf, Vec<u8>)>, CniError> {
+    for path in [cache_path(fc, args), fc.data_dir.join(&args.container_id)] {
+        match std::fs::read(&path) {
+            Ok(b) => return Ok(Some((path, b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CniError::io(format!(
+                    "failed to read {}: {e}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn save_cache(fc: &FlannelConf, args: &CmdArgs, bytes: &[u8]) -> Result<(), CniError> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&fc.data_dir)
         .map_err(|e| CniError::io(format!("failed to create {}: {e}", fc.data_dir.display())))?;
-    let path = cache_path(fc, container_id);
-    let tmp = fc.data_dir.join(format!(".{container_id}.tmp"));
+    let path = cache_path(fc, args);
+    let tmp = fc.data_dir.join(format!(
+        ".{}.tmp",
+        cache_name(&args.container_id, &args.ifname)
+    ));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -412,7 +454,7 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
             let d = delegate_conf(conf, &fc, &env)?;
             let bytes = to_bytes(&d)?;
             // Saved before delegating so a DEL after a crash in the middle still knows what to undo.
-            save_cache(&fc, &args.container_id, &bytes)?;
+            save_cache(&fc, args, &bytes)?;
             let dtype = d
                 .get("type")
                 .and_then(Value::as_str)
@@ -421,16 +463,10 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
             delegate::run(&dtype, args, bytes).await
         }
         Command::Del => {
-            let path = cache_path(&fc, &args.container_id);
-            let bytes = match std::fs::read(&path) {
-                Ok(b) => b,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => {
-                    return Err(CniError::io(format!(
-                        "failed to read {}: {e}",
-                        path.display()
-                    )))
-                }
+            // A cache under the old ID-only name is consumed as its writer would have (upstream removes it on the
+            // first DEL); a second attachment made by that writer had overwritten it anyway.
+            let Some((path, bytes)) = read_cache(&fc, args)? else {
+                return Ok(None);
             };
             let Some((dtype, bytes)) = del_request(&path, bytes, conf, &fc)? else {
                 tracing::warn!(path = %path.display(), "ignoring unusable delegate cache");
@@ -441,22 +477,26 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
             remove_cache(&path).map(|()| None)
         }
         Command::Check => {
-            let path = cache_path(&fc, &args.container_id);
-            let bytes = std::fs::read(&path).map_err(|e| {
-                CniError::new(
+            let Some((path, bytes)) = read_cache(&fc, args)? else {
+                return Err(CniError::new(
                     crate::error::ERR_UNKNOWN_CONTAINER,
-                    format!("no delegate cache {}: {e}", path.display()),
-                )
-            })?;
+                    format!(
+                        "no delegate cache {} for this attachment",
+                        cache_path(&fc, args).display()
+                    ),
+                ));
+            };
             let (dtype, bytes) = check_request(&path, &bytes, conf)?;
             delegate::run(&dtype, args, bytes).await
         }
         Command::Gc => {
-            let valid: std::collections::HashSet<String> = conf
-                .valid_attachments()?
-                .into_iter()
-                .map(|a| a.container_id)
+            let valid = conf.valid_attachments()?;
+            let pairs: std::collections::HashSet<(&str, &str)> = valid
+                .iter()
+                .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
                 .collect();
+            let ids: std::collections::HashSet<&str> =
+                valid.iter().map(|a| a.container_id.as_str()).collect();
             // Both steps run whatever happens to the other: a failing delegate must not keep the stale caches.
             let mut f = Failures::new();
             if let Ok(env) = load_subnet_env(&fc.subnet_file) {
@@ -480,7 +520,12 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
             if let Ok(rd) = std::fs::read_dir(&fc.data_dir) {
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if !name.starts_with('.') && !valid.contains(&name) {
+                    let keep = match parse_cache_name(&name) {
+                        (id, Some(ifname)) => pairs.contains(&(id, ifname)),
+                        // The old ID-only name: kept while any attachment of the container is.
+                        (id, None) => ids.contains(id),
+                    };
+                    if !name.starts_with('.') && !keep {
                         f.step(format!("delegate cache {name}"), remove_cache(&e.path()));
                     }
                 }
@@ -571,6 +616,14 @@ mod tests {
                 .code,
             7
         );
+    }
+
+    #[test]
+    fn cache_names() {
+        assert_eq!(cache_name("abc", "eth0"), "abc:eth0");
+        assert_eq!(parse_cache_name("abc:eth0"), ("abc", Some("eth0")));
+        assert_eq!(parse_cache_name("a-b.c_d:net1"), ("a-b.c_d", Some("net1")));
+        assert_eq!(parse_cache_name("abc"), ("abc", None));
     }
 
     #[test]

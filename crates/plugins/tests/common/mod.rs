@@ -739,6 +739,12 @@ pub fn flannel_conf(sb: &Sandbox) -> Value {
 
 /// Where the flannel plugin of [`flannel_conf`] caches the delegate config of an attachment.
 pub fn flannel_cache(sb: &Sandbox, att: &Att) -> PathBuf {
+    sb.path("flannel")
+        .join(format!("{}:{}", att.container_id, att.ifname))
+}
+
+/// The cache name upstream flannel and earlier versions use: the container ID alone.
+pub fn flannel_legacy_cache(sb: &Sandbox, att: &Att) -> PathBuf {
     sb.path("flannel").join(&att.container_id)
 }
 
