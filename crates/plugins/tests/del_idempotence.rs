@@ -239,7 +239,7 @@ fn flannel_del_after_failed_delegate() {
 
 /// flannel with a delegate cache that is there but unparsable (emptied or cut off by a disk fault): DEL renders the
 /// delegate config from subnet.env again and releases the address and the veth. With subnet.env gone too, DEL
-/// still succeeds and drops the unusable file.
+/// still releases them (flannel's own teardown, with the network's ipam settings) and drops the unusable file.
 #[test]
 fn flannel_del_with_empty_cache() {
     if !is_root() {
@@ -268,6 +268,12 @@ fn flannel_del_with_empty_cache() {
     rt.del(&net, &a1, None)
         .unwrap_or_else(|o| panic!("DEL with a torn cache and no subnet.env: {o:?}"));
     assert!(!flannel_cache(&sb, &a1).exists(), "cache left");
+    assert!(
+        ip_files_of(&data, "cbr0", &a1.container_id).is_empty(),
+        "address left after DEL with a torn cache and no subnet.env"
+    );
+    assert!(link(&pods[1].name, "eth0").is_none(), "pod interface left");
+    wait_no_veths(&sb.node.name);
 }
 
 /// DEL with `CNI_IFNAME=lo` names the pod's loopback, which bridge never makes: it is refused and the loopback
@@ -629,4 +635,67 @@ fn flannel_reads_the_container_id_only_cache() {
         0,
         "cache left"
     );
+}
+
+/// flannel ADD fails when its delegate refuses the rendered config (`delegate.mtu: "x"`) or does not exist
+/// (`delegate.type: "x"`); the cache written before delegating must not make every DEL fail the same way, or the
+/// pod never finishes terminating. DEL succeeds, twice, and nothing is left. Also when the delegate refuses a
+/// cache that did make an attachment (edited after ADD): DEL still releases the address and the interface.
+#[test]
+fn flannel_del_after_a_refused_delegate_config() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let data = sb.path("ipam");
+    for (i, delegate) in [
+        json!({"mtu": "x"}),
+        json!({"type": "x"}),
+        json!({"vlan": 5000}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pod = sb.pod(i);
+        let att = sb.att(i, &pod);
+        let mut net = flannel_net(&sb, "1.0.0");
+        net.plugins[1]["delegate"] = delegate.clone();
+        let out = rt
+            .add(&net, &att)
+            .expect_err("the delegate refuses its config");
+        assert_eq!(out.code(), 7, "{delegate}: {out:?}");
+        for n in 0..2 {
+            rt.del(&net, &att, None)
+                .unwrap_or_else(|o| panic!("{delegate}: DEL {n} after the refused ADD: {o:?}"));
+        }
+        assert!(!flannel_cache(&sb, &att).exists(), "{delegate}: cache left");
+        assert_eq!(link_names(&pod.name), vec!["lo"], "{delegate}");
+        assert!(ip_files(&data, "cbr0").is_empty(), "{delegate}");
+    }
+
+    for (i, edit) in [("mtu", json!("x")), ("type", json!("x"))]
+        .into_iter()
+        .enumerate()
+    {
+        let pod = sb.pod(10 + i);
+        let att = sb.att(10 + i, &pod);
+        let net = flannel_net(&sb, "1.0.0");
+        let r = rt.add(&net, &att).unwrap_or_else(|o| panic!("ADD: {o:?}"));
+        let path = flannel_cache(&sb, &att);
+        let mut cached: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        cached[edit.0] = edit.1.clone();
+        std::fs::write(&path, cached.to_string()).unwrap();
+        rt.del(&net, &att, Some(&r))
+            .unwrap_or_else(|o| panic!("{edit:?}: DEL with a refused cache: {o:?}"));
+        wait_no_veths(&sb.node.name);
+        assert_eq!(link_names(&pod.name), vec!["lo"], "{edit:?}");
+        assert!(
+            ip_files(&data, "cbr0").is_empty(),
+            "{edit:?}: {:?}",
+            ip_files(&data, "cbr0")
+        );
+        assert!(!path.exists(), "{edit:?}: cache left");
+    }
 }

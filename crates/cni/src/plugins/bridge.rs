@@ -694,18 +694,7 @@ async fn ensure_gateway_addr(
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    // An unusable CNI_NETNS is a bad request, refused before anything is released: the interface may still be
-    // up with its address in a namespace we were not shown.
-    let ns = if args.netns.is_empty() {
-        None
-    } else {
-        match Netns::open(&args.netns) {
-            Ok(ns) => Some(ns),
-            // A namespace that is already gone took its interfaces with it; the IP and rules are still ours.
-            Err(kernel::Error::NotFound(_)) => None,
-            Err(e) => return Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
-        }
-    };
+    let ns = del_netns(&args.netns)?;
     // Every step runs whatever happened to the others, so one failure leaves as little as possible behind for
     // the runtime's retry; each step is idempotent.
     let mut f = Failures::new();
@@ -735,6 +724,21 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
     f.finish("DEL")
 }
 
+/// The pod namespace of a DEL: `None` when CNI_NETNS is empty or the namespace is already gone (it took its
+/// interfaces with it; the IP and rules are still to be freed). A CNI_NETNS that is not a namespace is a bad
+/// request, refused before anything is released: the interface may still be up with its address in a namespace
+/// we were not shown.
+pub(crate) fn del_netns(netns: &str) -> Result<Option<Netns>, CniError> {
+    if netns.is_empty() {
+        return Ok(None);
+    }
+    match Netns::open(netns) {
+        Ok(ns) => Ok(Some(ns)),
+        Err(kernel::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
+    }
+}
+
 /// Prefix of the name a pod interface gets on DEL while its deletion is under way ([`remove_pod_link`]).
 const TOMB_PREFIX: &str = "cnidel";
 
@@ -742,7 +746,7 @@ const TOMB_PREFIX: &str = "cnidel";
 /// renamed out of the way (nothing else in the pod is named so: the tombstone prefix is ours, and a link
 /// carrying it was already condemned by the DEL that renamed it). One dump gives both, as one lookup by name
 /// would cost the same.
-async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+pub(crate) async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
     let pod = Netlink::in_netns(ns)?;
     let mut f = Failures::new();
     for l in pod.links().await? {

@@ -3,7 +3,11 @@
 //! delegates to it.
 
 use crate::delegate;
-use crate::error::{CniError, Failures, ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER};
+use crate::error::{
+    CniError, Failures, ERR_DECODE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_CONFIG,
+    ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER, ERR_UNSUPPORTED_FIELD,
+};
+use crate::plugins::{self, bridge, Builtin};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::NetConf;
 use ipnet::IpNet;
@@ -314,37 +318,161 @@ fn check_request(path: &Path, bytes: &[u8], conf: &NetConf) -> Result<(String, V
     Ok((c.dtype, to_bytes(&c.conf)?))
 }
 
+/// What DEL runs: the delegate, the config it gets (as bytes), and that config as an object.
+struct DelRequest {
+    dtype: String,
+    bytes: Vec<u8>,
+    conf: Map<String, Value>,
+}
+
 /// What DEL sends the delegate, from the cache file's bytes: the cache as it is (with the runtime's prevResult
 /// when both speak the same version), or, when the cache is unusable, the config rendered again from subnet.env.
-/// `None`: there is nothing to run (the cache is unusable and subnet.env unreadable).
+/// `None`: no delegate config can be had (the cache is unusable and subnet.env unreadable).
 fn del_request(
     path: &Path,
     bytes: Vec<u8>,
     conf: &NetConf,
     fc: &FlannelConf,
-) -> Result<Option<(String, Vec<u8>)>, CniError> {
+) -> Result<Option<DelRequest>, CniError> {
     let mut c = match parse_cache(&bytes) {
         Ok(c) => c,
         Err(e) => {
-            return match rerender(conf, fc, path, &e) {
-                Some(c) => Ok(Some((c.dtype, to_bytes(&c.conf)?))),
-                None => Ok(None),
-            }
+            let Some(c) = rerender(conf, fc, path, &e) else {
+                return Ok(None);
+            };
+            return Ok(Some(DelRequest {
+                bytes: to_bytes(&c.conf)?,
+                dtype: c.dtype,
+                conf: c.conf,
+            }));
         }
     };
     // The runtime's prevResult is handed on (the spec gives it to every plugin on DEL) so that host-local can
     // release the attachment's addresses without reading every reservation. Only when the cached config speaks
     // the same version: a delegate parses prevResult by its own cniVersion.
-    match &conf.prev_result {
+    let bytes = match &conf.prev_result {
         Some(p)
             if !p.is_null()
                 && c.conf.get("cniVersion").and_then(Value::as_str) == Some(conf.version()) =>
         {
             c.conf.insert("prevResult".into(), p.clone());
-            Ok(Some((c.dtype, to_bytes(&c.conf)?)))
+            to_bytes(&c.conf)?
         }
-        _ => Ok(Some((c.dtype, bytes))),
+        _ => bytes,
+    };
+    Ok(Some(DelRequest {
+        dtype: c.dtype,
+        bytes,
+        conf: c.conf,
+    }))
+}
+
+/// Whether a delegate's error means it refuses this config itself (its version, a field, its decoding, a value,
+/// or the delegate is not installed): every retry with the same cache would fail the same way.
+fn refuses_config(e: &CniError) -> bool {
+    matches!(
+        e.code,
+        ERR_INCOMPATIBLE_VERSION | ERR_UNSUPPORTED_FIELD | ERR_DECODE | ERR_INVALID_CONFIG
+    )
+}
+
+/// A delegate setting read for the teardown: as cached when it is a bool, the bridge default (off) when the
+/// cache does not set it, and on when it cannot be told (no usable cache, or a value of another type), since
+/// tearing down what is not there costs only a look.
+fn teardown_flag(cached: Option<&Map<String, Value>>, key: &str) -> bool {
+    match cached.map(|c| c.get(key)) {
+        Some(Some(Value::Bool(b))) => *b,
+        Some(None) => false,
+        _ => true,
     }
+}
+
+/// The IPAM config the teardown releases the attachment's addresses with: the cached one when it names its
+/// type, else the network's own `ipam` as ADD renders it (host-local needs only `dataDir` and the network name
+/// to release, so no subnet.env is needed).
+fn teardown_ipam(fc: &FlannelConf, cached: Option<&Map<String, Value>>) -> Map<String, Value> {
+    if let Some(Value::Object(i)) = cached.and_then(|c| c.get("ipam")) {
+        if i.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| !t.is_empty())
+        {
+            return i.clone();
+        }
+    }
+    let mut ipam = fc.ipam.clone();
+    ipam.entry("type")
+        .or_insert(Value::String("host-local".into()));
+    ipam
+}
+
+/// flannel's own release of an attachment, for a DEL whose delegate cannot do it (it refuses the cached config,
+/// or it is a bridge whose DEL failed) or whose config cannot be had: what a bridge delegate makes, each keyed
+/// by the attachment and taken from the cache only as far as needed, so a setting the delegate refused cannot
+/// refuse this too. The pod interface (only a virtual one, never the loopback), the addresses from IPAM (our
+/// host-local in-process; another IPAM plugin from CNI_PATH, skipped when it is not installed: it cannot have
+/// handed out anything then), the macspoofchk and ipMasq rules. Every step runs; one error names the failures.
+async fn teardown(
+    args: &CmdArgs,
+    conf: &NetConf,
+    fc: &FlannelConf,
+    cached: Option<&Map<String, Value>>,
+) -> Result<(), CniError> {
+    let ns = bridge::del_netns(&args.netns)?;
+    let mut f = Failures::new();
+    if let Some(ns) = &ns {
+        f.step(
+            "pod interface",
+            bridge::remove_pod_links(ns, &args.ifname).await,
+        );
+    }
+    let ipam = teardown_ipam(fc, cached);
+    let itype = ipam
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("host-local")
+        .to_string();
+    let version = cached
+        .and_then(|c| c.get("cniVersion"))
+        .and_then(Value::as_str)
+        .filter(|v| crate::version::SUPPORTED.contains(v))
+        .unwrap_or(conf.version())
+        .to_string();
+    let mut req = Map::new();
+    req.insert("cniVersion".into(), Value::String(version.clone()));
+    req.insert("name".into(), Value::String(conf.name.clone()));
+    req.insert("type".into(), Value::String("bridge".into()));
+    req.insert("ipam".into(), Value::Object(ipam));
+    if let Some(p) = conf.prev_result.as_ref().filter(|p| !p.is_null()) {
+        if version == conf.version() {
+            req.insert("prevResult".into(), p.clone());
+        }
+    }
+    let req = args.with_stdin(to_bytes(&req)?);
+    let released = if itype == Builtin::HostLocal.type_name() {
+        Some(plugins::run(Builtin::HostLocal, req).await)
+    } else if delegate::find_in_path(&itype, &args.path).is_ok() {
+        Some(delegate::run(&itype, args, req.stdin).await)
+    } else {
+        tracing::warn!(ipam = %itype, "IPAM plugin not installed; no addresses to release");
+        None
+    };
+    if let Some(r) = released {
+        f.step(format!("IPAM ({itype})"), r);
+    }
+    if teardown_flag(cached, "macspoofchk") {
+        f.step(
+            "macspoofchk",
+            kernel::spoofcheck::teardown(&args.container_id, &args.ifname).map_err(CniError::from),
+        );
+    }
+    if teardown_flag(cached, "ipMasq") {
+        f.step(
+            "ipMasq",
+            kernel::ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
+                .map_err(CniError::from),
+        );
+    }
+    f.finish("flannel's own teardown")
 }
 
 /// Separates the container ID from the interface name in a cache file name; neither may contain it (container
@@ -468,12 +596,32 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
             let Some((path, bytes)) = read_cache(&fc, args)? else {
                 return Ok(None);
             };
-            let Some((dtype, bytes)) = del_request(&path, bytes, conf, &fc)? else {
-                tracing::warn!(path = %path.display(), "ignoring unusable delegate cache");
-                return remove_cache(&path).map(|()| None);
-            };
-            // Kept when the delegate fails, so the runtime's retry can still finish the job.
-            delegate::run(&dtype, args, bytes).await?;
+            match del_request(&path, bytes, conf, &fc)? {
+                Some(DelRequest {
+                    dtype,
+                    bytes,
+                    conf: cached,
+                }) => {
+                    match delegate::run(&dtype, args, bytes).await {
+                        Ok(_) => {}
+                        // A delegate that refuses its config would refuse every retry, and the pod would never
+                        // finish terminating (typically the ADD failed on that very setting, having taken nothing
+                        // but this cache). A bridge's DEL that failed otherwise is what the teardown does anyway.
+                        Err(e) if dtype == "bridge" || refuses_config(&e) => {
+                            tracing::warn!(delegate = %dtype, error = %e, "delegate DEL failed; releasing the attachment without it");
+                            teardown(args, conf, &fc, Some(&cached))
+                                .await
+                                .map_err(|t| CniError::new(e.code, format!("{e}; then {t}")))?;
+                        }
+                        // Kept when the delegate fails, so the runtime's retry can still finish the job.
+                        Err(e) => return Err(e),
+                    }
+                }
+                None => {
+                    tracing::warn!(path = %path.display(), "delegate cache unusable and subnet.env unreadable; releasing the attachment without a delegate");
+                    teardown(args, conf, &fc, None).await?;
+                }
+            }
             remove_cache(&path).map(|()| None)
         }
         Command::Check => {
@@ -812,9 +960,9 @@ mod tests {
             let check = check_request(&path, &bytes, &conf);
             prop_assert_eq!(check.is_ok(), parsed.is_ok());
             match del_request(&path, bytes.clone(), &conf, &fc) {
-                Ok(Some((t, req))) => {
-                    prop_assert!(!t.is_empty());
-                    prop_assert!(parse_cache(&req).is_ok());
+                Ok(Some(r)) => {
+                    prop_assert!(!r.dtype.is_empty());
+                    prop_assert_eq!(parse_cache(&r.bytes).map(|c| c.conf), Ok(r.conf));
                 }
                 Ok(None) => prop_assert!(parsed.is_err() && !with_env),
                 Err(e) => prop_assert!(false, "DEL request failed: {e}"),
