@@ -636,18 +636,36 @@ async fn ensure_vlan_interface(
         }
         Err(e) => return Err(e.into()),
     }
-    let pl = host
-        .link_by_name(&port)
-        .await?
-        .ok_or_else(|| CniError::internal(format!("veth {port} vanished after creation")))?;
-    let _ = sysctl::set(&["net", "ipv6", "conf", &port, "accept_ra"], "0");
-    setup_port_vlans(host, pl.index, bc.vlan, &[], bc.preserve_default_vlan).await?;
-    let l = host
-        .link_by_name(&name)
-        .await?
-        .ok_or_else(|| CniError::internal(format!("{name} vanished after creation")))?;
-    host.set_up(l.index).await?;
-    Ok(l)
+    let configure = async {
+        let pl = host
+            .link_by_name(&port)
+            .await?
+            .ok_or_else(|| CniError::internal(format!("veth {port} vanished after creation")))?;
+        let _ = sysctl::set(&["net", "ipv6", "conf", &port, "accept_ra"], "0");
+        setup_port_vlans(host, pl.index, bc.vlan, &[], bc.preserve_default_vlan).await?;
+        let l = host
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| CniError::internal(format!("{name} vanished after creation")))?;
+        host.set_up(l.index).await?;
+        Ok(l)
+    };
+    match configure.await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            // Half made, the pair would be taken for the finished gateway by every later ADD: remove it, so the
+            // next ADD makes it again.
+            let mut f = Failures::new();
+            let r = async {
+                if let Some(p) = host.link_by_name(&port).await? {
+                    host.delete_link(p.index).await?;
+                }
+                Ok::<(), kernel::Error>(())
+            };
+            f.step(format!("half-made {name}"), r.await.map_err(CniError::from));
+            Err(f.add_to(e))
+        }
+    }
 }
 
 /// The first host address of a subnet (network + 1), the conventional gateway.
