@@ -927,6 +927,16 @@ mod tests {
             let _ = SubnetEnv::parse(&s);
         }
 
+        /// Cache file names as GC reads them back from the directory: any name splits (or is an old ID-only
+        /// one), and the name of every valid attachment splits back into its container ID and interface.
+        #[test]
+        fn cache_names_split_back(name in ".{0,40}", id in "[a-zA-Z0-9][a-zA-Z0-9_.-]{0,30}",
+                                  ifname in "[^/:%\\s]{1,15}") {
+            let _ = parse_cache_name(&name);
+            let made = cache_name(&id, &ifname);
+            prop_assert_eq!(parse_cache_name(&made), (id.as_str(), Some(ifname.as_str())));
+        }
+
         /// subnet.env as read from disk: parsed or refused with a message, never a panic; what parses renders
         /// back to text that parses to the same.
         #[test]
