@@ -81,8 +81,19 @@ pub fn exec(path: &Path, args: &CmdArgs) -> Outcome {
     let out = child
         .wait_with_output()
         .map_err(|e| CniError::io(format!("failed to wait for plugin {}: {e}", path.display())))?;
-    if !out.status.success() {
-        if let Ok(e) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+    parse_output(path, args.command, &out.status, &out.stdout)
+}
+
+/// What a delegate's exit status and stdout mean: its error JSON (code, msg, details) when it failed, its result
+/// when an ADD succeeded, nothing otherwise. A delegate can print anything; that is an error, never a panic.
+fn parse_output(
+    path: &Path,
+    command: Command,
+    status: &std::process::ExitStatus,
+    stdout: &[u8],
+) -> Outcome {
+    if !status.success() {
+        if let Ok(e) = serde_json::from_slice::<serde_json::Value>(stdout) {
             if let (Some(code), Some(msg)) = (
                 e.get("code").and_then(|c| c.as_u64()),
                 e.get("msg").and_then(|m| m.as_str()),
@@ -100,18 +111,72 @@ pub fn exec(path: &Path, args: &CmdArgs) -> Outcome {
         return Err(CniError::internal(format!(
             "plugin {} failed ({}): {}",
             path.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stdout).trim()
+            status,
+            String::from_utf8_lossy(stdout).trim()
         )));
     }
-    if args.command != Command::Add || out.stdout.iter().all(u8::is_ascii_whitespace) {
+    if command != Command::Add || stdout.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+    let v: serde_json::Value = serde_json::from_slice(stdout).map_err(|e| {
         CniError::decode(format!(
             "plugin {} printed an invalid result: {e}",
             path.display()
         ))
     })?;
     CniResult::from_value(&v, "1.0.0").map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn error_json_and_results() {
+        let p = Path::new("/x/bridge");
+        let fail = std::process::ExitStatus::from_raw(1 << 8);
+        let ok = std::process::ExitStatus::from_raw(0);
+        let e = parse_output(
+            p,
+            Command::Add,
+            &fail,
+            br#"{"code":7,"msg":"bad","details":"d"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.msg.as_str(), e.details.as_str()),
+            (7, "bad", "d")
+        );
+        let e = parse_output(p, Command::Del, &fail, b"[1]").unwrap_err();
+        assert_eq!(e.code, ERR_INTERNAL);
+        assert_eq!(parse_output(p, Command::Del, &ok, b"junk"), Ok(None));
+        let r = parse_output(
+            p,
+            Command::Add,
+            &ok,
+            br#"{"cniVersion":"1.0.0","ips":[{"address":"10.1.0.2/24"}]}"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(r.ips.len(), 1);
+        assert_eq!(
+            parse_output(p, Command::Add, &ok, b"[1]").unwrap_err().code,
+            6
+        );
+    }
+
+    proptest! {
+        /// Whatever a delegate prints, with whatever exit status: a result or an error, never a panic.
+        #[test]
+        fn delegate_output_never_panics(out in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..200),
+            (any::<i64>(), ".{0,10}").prop_map(|(c, m)| format!(r#"{{"code":{c},"msg":"{m}"}}"#).into_bytes()),
+            ".{0,100}".prop_map(|s| format!(r#"{{"cniVersion":"1.0.0","ips":[{s}]}}"#).into_bytes()),
+        ], raw in prop::sample::select(vec![0, 1 << 8, 9]), add in any::<bool>()) {
+            let cmd = if add { Command::Add } else { Command::Del };
+            let _ = parse_output(Path::new("/x"), cmd, &std::process::ExitStatus::from_raw(raw), &out);
+        }
+    }
 }

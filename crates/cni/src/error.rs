@@ -111,5 +111,105 @@ impl From<kernel::Error> for CniError {
     }
 }
 
+/// The failures of a teardown whose steps all run whatever happens to the others (a failed IPAM release must not
+/// leave the firewall rules behind): each step is recorded, and the end result is one error naming every step
+/// that failed, with the code of the first.
+#[derive(Debug, Default)]
+pub struct Failures {
+    failed: Vec<(String, CniError)>,
+}
+
+impl Failures {
+    /// No failures yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the outcome of step `name`.
+    pub fn step<T>(&mut self, name: impl Into<String>, r: Result<T, CniError>) {
+        if let Err(e) = r {
+            self.failed.push((name.into(), e));
+        }
+    }
+
+    /// Whether every step so far succeeded.
+    pub fn is_empty(&self) -> bool {
+        self.failed.is_empty()
+    }
+
+    /// `"<step>: <error>; <step>: <error>"`.
+    pub fn summary(&self) -> String {
+        self.failed
+            .iter()
+            .map(|(n, e)| format!("{n}: {e}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// `Ok` when nothing failed, else one error `"<what>: <summary>"` with the first failure's code.
+    pub fn finish(self, what: &str) -> Result<(), CniError> {
+        match self.failed.first() {
+            None => Ok(()),
+            Some((_, first)) => Err(CniError::new(
+                first.code,
+                format!("{what}: {}", self.summary()),
+            )),
+        }
+    }
+
+    /// `Ok` when nothing failed, a single failure as it is, several as one error naming each (for steps nested
+    /// in a step that is named already).
+    pub fn into_result(mut self) -> Result<(), CniError> {
+        match (self.failed.len(), self.failed.first()) {
+            (_, None) => Ok(()),
+            (1, _) => Err(self.failed.remove(0).1),
+            (_, Some((_, first))) => Err(CniError::new(first.code, self.summary())),
+        }
+    }
+
+    /// `e` (the failure that made an ADD undo itself) with what its undo could not release added to the details.
+    pub fn add_to(self, mut e: CniError) -> CniError {
+        if !self.failed.is_empty() {
+            let undo = format!("undoing the failed ADD also failed: {}", self.summary());
+            e.details = if e.details.is_empty() {
+                undo
+            } else {
+                format!("{}; {undo}", e.details)
+            };
+        }
+        e
+    }
+}
+
 /// Shorthand result type for plugin code.
 pub type CniResultT<T> = std::result::Result<T, CniError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_name_every_step() {
+        let mut f = Failures::new();
+        f.step("a", Ok::<(), CniError>(()));
+        assert!(f.is_empty());
+        f.step("IPAM", Err::<(), _>(CniError::new(11, "busy")));
+        f.step("ipMasq", Err::<(), _>(CniError::internal("nft failed")));
+        let e = f.finish("DEL").unwrap_err();
+        assert_eq!(e.code, 11);
+        assert_eq!(e.msg, "DEL: IPAM: busy; ipMasq: nft failed");
+        assert!(Failures::new().finish("DEL").is_ok());
+        let mut f = Failures::new();
+        f.step("x", Err::<(), _>(CniError::env("bad")));
+        assert_eq!(f.into_result().unwrap_err(), CniError::env("bad"));
+
+        let mut f = Failures::new();
+        f.step("IPAM", Err::<(), _>(CniError::io("gone")));
+        let e = f.add_to(CniError::internal("veth failed").with_details("EEXIST"));
+        assert_eq!(e.code, 100);
+        assert_eq!(
+            e.details,
+            "EEXIST; undoing the failed ADD also failed: IPAM: gone"
+        );
+    }
+}

@@ -146,21 +146,44 @@ pub fn validate_container_id(id: &str) -> Result<(), CniError> {
     }
 }
 
-/// Interface names: 1..=15 bytes, not `.`/`..`, no `/`, `:` or whitespace (code 4 otherwise).
+/// Why `name` cannot be given to the kernel as an interface name, if it cannot. The kernel's own rules
+/// (`dev_valid_name`: 1..=15 bytes, not `.`/`..`, no `/`, `:` or whitespace, where its `isspace` also counts byte
+/// 0xa0) plus what the kernel would turn into another name or refuse later: a `%` makes the name a template the
+/// kernel expands to the first free number (`eth%d` becomes `eth0`), and `all`/`default` collide with the
+/// per-interface sysctl directories. The reference plugins check all but the last two rules.
+pub fn ifname_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        return Some("interface name is empty");
+    }
+    if name.len() > 15 {
+        return Some("interface name is too long (at most 15 bytes)");
+    }
+    if name == "." || name == ".." {
+        return Some("interface name is . or ..");
+    }
+    if name == "all" || name == "default" {
+        return Some("interface name all/default is reserved by the kernel");
+    }
+    let bad_byte = |b: u8| {
+        matches!(
+            b,
+            b'/' | b':' | b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | 0xa0
+        )
+    };
+    if name.bytes().any(bad_byte) || name.chars().any(char::is_whitespace) {
+        return Some("interface name contains / or : or whitespace characters");
+    }
+    if name.contains('%') {
+        return Some("interface name contains %, which the kernel expands to a number");
+    }
+    None
+}
+
+/// Interface names the kernel takes as they are ([`ifname_problem`]); code 4 otherwise.
 pub fn validate_ifname(name: &str) -> Result<(), CniError> {
-    let bad = name.is_empty()
-        || name.len() > 15
-        || name == "."
-        || name == ".."
-        || name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if bad {
-        Err(CniError::env(format!(
-            "CNI_IFNAME: invalid interface name \"{name}\""
-        )))
-    } else {
-        Ok(())
+    match ifname_problem(name) {
+        None => Ok(()),
+        Some(p) => Err(CniError::env(format!("CNI_IFNAME \"{name}\": {p}"))),
     }
 }
 
@@ -272,6 +295,16 @@ mod tests {
         assert!(validate_ifname("eth0").is_ok());
         assert!(validate_ifname("a:b").is_err());
         assert!(validate_ifname("0123456789abcdef").is_err());
+        assert!(validate_ifname("012345678901234").is_ok());
+        for bad in [
+            "", ".", "..", "a/b", "a b", "a\tb", "a\u{a0}b", "\u{e0}", "eth%d", "%", "all",
+            "default",
+        ] {
+            assert_eq!(validate_ifname(bad).unwrap_err().code, 4, "{bad:?}");
+        }
+        for good in ["eth0", "net1", "...", "eth0.100", "\u{e9}t", "All"] {
+            assert!(validate_ifname(good).is_ok(), "{good:?}");
+        }
         assert!(validate_network_name("cbr0").is_ok());
         assert_eq!(validate_network_name("").unwrap_err().code, 7);
     }

@@ -95,6 +95,8 @@ pub struct Link {
     pub oper_up: bool,
     /// Promiscuous.
     pub promisc: bool,
+    /// The namespace's loopback device.
+    pub loopback: bool,
 }
 
 impl Link {
@@ -103,6 +105,7 @@ impl Link {
             index: m.header.index,
             up: m.header.flags.contains(LinkFlags::Up),
             promisc: m.header.flags.contains(LinkFlags::Promisc),
+            loopback: m.header.flags.contains(LinkFlags::Loopback),
             ..Default::default()
         };
         for a in &m.attributes {

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 use nix::sched::{setns, CloneFlags};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// An open network namespace (a handle on its nsfs file).
@@ -15,31 +16,48 @@ pub struct Netns {
 
 impl Netns {
     /// Opens the namespace at `path` (for example `/run/netns/x` or `/proc/PID/ns/net`).
+    ///
+    /// Anything else is refused at once, without waiting and without side effects: the path is first checked by
+    /// `statfs` (as the reference plugins do), so a device is never opened; the open itself is non-blocking, so
+    /// a FIFO swapped in meanwhile cannot make it wait for a writer; the descriptor is checked again, and on
+    /// kernels that can tell (4.11+) it must be a network namespace, not another kind.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
+        let st = nix::sys::statfs::statfs(path).map_err(|e| {
+            if e == nix::errno::Errno::ENOENT {
                 Error::NotFound(format!("network namespace {}", path.display()))
             } else {
-                Error::io(format!("open network namespace {}", path.display()), e)
+                Error::io(format!("statfs {}", path.display()), e.into())
             }
         })?;
-        let ns = Self {
-            file,
-            path: path.to_path_buf(),
-        };
-        // A regular file at that path would make setns fail later with a confusing EINVAL; check it now.
-        let st = nix::sys::statfs::fstatfs(ns.file.as_fd())
+        check_fs(&st, path)?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Error::NotFound(format!("network namespace {}", path.display()))
+                } else {
+                    Error::io(format!("open network namespace {}", path.display()), e)
+                }
+            })?;
+        let st = nix::sys::statfs::fstatfs(file.as_fd())
             .map_err(|e| Error::io(format!("statfs {}", path.display()), e.into()))?;
-        if st.filesystem_type() != nix::sys::statfs::NSFS_MAGIC
-            && st.filesystem_type() != nix::sys::statfs::PROC_SUPER_MAGIC
-        {
+        check_fs(&st, path)?;
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the descriptor, which `file` keeps open.
+        let kind = unsafe { libc::ioctl(file.as_raw_fd(), libc::NS_GET_NSTYPE) };
+        if kind >= 0 && kind != libc::CLONE_NEWNET {
             return Err(Error::Conflict(format!(
-                "{} is not a network namespace",
-                path.display()
+                "{} is not a network namespace (it is a {} namespace)",
+                path.display(),
+                ns_kind(kind)
             )));
         }
-        Ok(ns)
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+        })
     }
 
     /// The namespace of the calling thread.
@@ -78,6 +96,32 @@ impl Netns {
             .join()
             .map_err(|_| Error::Conflict(format!("thread in {} panicked", self.path.display())))?
         })
+    }
+}
+
+/// Namespace files live on nsfs (on kernels before 3.19, on procfs).
+fn check_fs(st: &nix::sys::statfs::Statfs, path: &Path) -> Result<()> {
+    let t = st.filesystem_type();
+    if t == nix::sys::statfs::NSFS_MAGIC || t == nix::sys::statfs::PROC_SUPER_MAGIC {
+        return Ok(());
+    }
+    Err(Error::Conflict(format!(
+        "{} is not a network namespace (unknown filesystem magic {:#x})",
+        path.display(),
+        t.0
+    )))
+}
+
+fn ns_kind(clone_flag: i32) -> &'static str {
+    match clone_flag {
+        libc::CLONE_NEWNS => "mount",
+        libc::CLONE_NEWUTS => "uts",
+        libc::CLONE_NEWIPC => "ipc",
+        libc::CLONE_NEWUSER => "user",
+        libc::CLONE_NEWPID => "pid",
+        libc::CLONE_NEWCGROUP => "cgroup",
+        libc::CLONE_NEWTIME => "time",
+        _ => "different",
     }
 }
 

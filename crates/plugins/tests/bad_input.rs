@@ -141,10 +141,7 @@ fn unknown_version(imp: &Impl) {
         }
     }
     nothing_left(&sb, Some(&pod), &data);
-    assert!(
-        !sb.path("flannel").join(&att.container_id).exists(),
-        "flannel cache written"
-    );
+    assert!(!flannel_cache(&sb, &att).exists(), "flannel cache written");
 }
 
 fn subnet_31(imp: &Impl) {
@@ -346,7 +343,7 @@ fn flannel_without_subnet_env() {
         "{msg}"
     );
     assert!(
-        !sb.path("flannel").join(&att.container_id).exists(),
+        !flannel_cache(&sb, &att).exists(),
         "cache written without a delegate"
     );
     nothing_left(&sb, Some(&pod), &sb.path("ipam"));
@@ -381,7 +378,7 @@ fn flannel_bad_subnet_env() {
     }
     rt.del(&net, &att, None)
         .unwrap_or_else(|o| panic!("DEL: {o:?}"));
-    assert!(!sb.path("flannel").join(&att.container_id).exists());
+    assert!(!flannel_cache(&sb, &att).exists());
 }
 
 /// A delegate block that upstream refuses (`name` or `ipam` inside `delegate`) is a configuration error.
@@ -440,4 +437,264 @@ fn ours_invalid_ids() {
         out.assert_err(4);
     }
     nothing_left(&sb, Some(&pod), &data);
+}
+
+/// Interface names the kernel would rewrite or refuse: `%d` is a template the kernel expands to the first free
+/// number (the pod interface would not be called what the runtime asked for, and its DEL would not find it), and
+/// `all`/`default` collide with the sysctl directories. Code 4 before anything is made, for ADD and DEL, in bridge
+/// and in flannel (whose delegate would otherwise make the veth).
+#[test]
+fn ours_ifname_the_kernel_would_rewrite() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let data = sb.path("ipam");
+    let bridge = Net::new(NET, "1.0.0", vec![bridge_conf(BR, "10.244.6.0/24", &data)]);
+    let flannel = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb)]);
+    write_subnet_env(
+        &sb.path("subnet.env"),
+        "10.244.0.0/16",
+        "10.244.1.1/24",
+        1450,
+        true,
+    );
+    for ifname in ["eth%d", "%d", "net%dx", "all", "default", "a\u{a0}b"] {
+        let att = Att::new(&sb.cid(0), &pod.path(), ifname);
+        for (ty, net) in [("bridge", &bridge), ("flannel", &flannel)] {
+            for cmd in ["ADD", "DEL"] {
+                let out = rt.exec(ty, cmd, Some(&att), &net.plugin_conf(0, None));
+                no_panic(&out);
+                out.assert_err(4);
+                assert!(out.msg().contains("interface name"), "{ifname}: {out:?}");
+            }
+            assert_eq!(link_names(&pod.name), vec!["lo"], "{ty} {ifname}");
+            nothing_left(&sb, Some(&pod), &data);
+            assert!(
+                ip_files(&sb.path("ipam"), "cbr0").is_empty(),
+                "{ty} {ifname}"
+            );
+        }
+    }
+}
+
+/// `CNI_NETNS` naming something that is not a network namespace: a FIFO (opening it for reading would block until
+/// a writer comes), a regular file, a directory, a device, another kind of namespace. Every plugin that opens the
+/// namespace answers with an error naming the path, at once, for ADD, CHECK and DEL; nothing is made or released.
+#[test]
+fn ours_netns_not_a_namespace() {
+    if !is_root() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let data = sb.path("ipam");
+    let bridge = Net::new(NET, "1.0.0", vec![bridge_conf(BR, "10.244.6.0/24", &data)]);
+    let lo = Net::new(NET, "1.0.0", vec![json!({"type": "loopback"})]);
+    let flannel = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb)]);
+    write_subnet_env(
+        &sb.path("subnet.env"),
+        "10.244.0.0/16",
+        "10.244.1.1/24",
+        1450,
+        true,
+    );
+    // A real attachment, so that CHECK gets past its IPAM and bridge checks to the namespace.
+    let att = sb.att(0, &pod);
+    let r = rt
+        .add(&bridge, &att)
+        .unwrap_or_else(|o| panic!("ADD: {o:?}"));
+    let host_veths = veths(&sb.node.name);
+
+    let fifo = sb.path("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let file = sb.path("file");
+    std::fs::write(&file, b"").unwrap();
+    let dir = sb.path("dir");
+    std::fs::create_dir(&dir).unwrap();
+    let limit = std::time::Duration::from_secs(20);
+    for path in [
+        fifo.to_str().unwrap(),
+        file.to_str().unwrap(),
+        dir.to_str().unwrap(),
+        "/dev/null",
+        "/proc/self/ns/mnt",
+    ] {
+        let mut bad = att.clone();
+        bad.netns = path.to_string();
+        let mut other = sb.att(1, &pod);
+        other.netns = path.to_string();
+        let cases = [
+            ("bridge", "ADD", &other, bridge.plugin_conf(0, None)),
+            ("bridge", "CHECK", &bad, bridge.plugin_conf(0, Some(&r))),
+            ("bridge", "DEL", &bad, bridge.plugin_conf(0, Some(&r))),
+            ("loopback", "ADD", &other, lo.plugin_conf(0, None)),
+            ("loopback", "CHECK", &other, lo.plugin_conf(0, None)),
+            ("loopback", "DEL", &other, lo.plugin_conf(0, None)),
+            ("flannel", "ADD", &other, flannel.plugin_conf(0, None)),
+        ];
+        for (ty, cmd, a, conf) in cases {
+            let out = rt
+                .exec_bounded(ty, cmd, Some(a), &conf, limit)
+                .unwrap_or_else(|| {
+                    panic!("{ty} {cmd} with CNI_NETNS={path} did not answer (hangs)")
+                });
+            no_panic(&out);
+            let code = out.assert_some_err();
+            assert!(
+                code == 4 || (cmd == "CHECK" && code == 3),
+                "{ty} {cmd} {path}: code {code}: {out:?}"
+            );
+            let msg = out.msg();
+            assert!(
+                msg.contains(path) && msg.contains("not a network namespace"),
+                "{ty} {cmd} {path}: {msg}"
+            );
+        }
+        // The real attachment is untouched: its interface and its address.
+        assert_eq!(veths(&sb.node.name), host_veths, "{path}");
+        assert_eq!(
+            addrs(&pod.name, "eth0"),
+            vec![format!("{}/24", result_ip(&r))]
+        );
+        assert_eq!(ip_files(&data, NET).len(), 1, "{path}");
+    }
+    rt.del(&bridge, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    wait_no_veths(&sb.node.name);
+    nothing_left(&sb, Some(&pod), &data);
+}
+
+/// `CNI_ARGS` with a key bridge does not know and no `IgnoreUnknown`: the reference refuses the ADD before making
+/// anything, so a `MAC` given alongside is never silently dropped. Ours refuses it the same way (code 2, as
+/// host-local's CNI_ARGS errors); with `IgnoreUnknown=1` the MAC is used. A layer-2 bridge (no IPAM), so that no
+/// IPAM plugin's own CNI_ARGS check gets there first.
+#[test]
+fn bridge_cni_args_unknown_key() {
+    if !is_root() {
+        return;
+    }
+    let mac = "0a:58:0a:f4:06:42";
+    let l2 = json!({"type": "bridge", "bridge": BR});
+    let mut imps = vec![Impl::ours()];
+    imps.extend(Impl::reference());
+    for imp in imps {
+        let sb = Sandbox::new();
+        let pod = sb.pod(0);
+        let rt = sb.runtime(&imp);
+        let net = Net::new(NET, "1.0.0", vec![l2.clone()]);
+        let mut att = sb.att(0, &pod);
+        att.args = format!("MAC={mac};FOO=bar");
+        let out = rt.exec("bridge", "ADD", Some(&att), &net.plugin_conf(0, None));
+        no_panic(&out);
+        let code = out.assert_some_err();
+        assert!(out.msg().contains("FOO"), "{}: {out:?}", imp.label);
+        if !imp.reference {
+            assert_eq!(code, 2, "{out:?}");
+            // DEL needs nothing from CNI_ARGS and must not be stuck on it (the reference's DEL fails too).
+            let out = rt.exec("bridge", "DEL", Some(&att), &net.plugin_conf(0, None));
+            assert!(out.ok(), "DEL: {out:?}");
+        }
+        assert!(
+            link(&pod.name, "eth0").is_none(),
+            "{}: eth0 made",
+            imp.label
+        );
+        assert!(veths(&sb.node.name).is_empty(), "{}: veth made", imp.label);
+
+        att.args = format!("IgnoreUnknown=1;MAC={mac};FOO=bar");
+        let r = rt
+            .add(&net, &att)
+            .unwrap_or_else(|o| panic!("{}: ADD: {o:?}", imp.label));
+        assert_eq!(r["interfaces"][2]["mac"], mac, "{}: {r}", imp.label);
+        assert_eq!(
+            link(&pod.name, "eth0").expect("eth0")["address"],
+            mac,
+            "{}",
+            imp.label
+        );
+        rt.del(&net, &att, Some(&r))
+            .unwrap_or_else(|o| panic!("{}: DEL: {o:?}", imp.label));
+        wait_no_veths(&sb.node.name);
+    }
+}
+
+/// bridge's `ipam` must be an object with a string `type`: anything else is refused before anything is made (the
+/// reference fails to decode it); absent, `null`, `{}` and an empty type mean a layer-2 attachment without
+/// addresses, as in the reference.
+#[test]
+fn bridge_ipam_shape() {
+    if !is_root() {
+        return;
+    }
+    let mut imps = vec![Impl::ours()];
+    imps.extend(Impl::reference());
+    for imp in imps {
+        let sb = Sandbox::new();
+        let pod = sb.pod(0);
+        let rt = sb.runtime(&imp);
+        let att = sb.att(0, &pod);
+        for ipam in [
+            json!(1),
+            json!("x"),
+            json!([]),
+            json!(true),
+            json!({"type": 1}),
+        ] {
+            let net = Net::new(
+                NET,
+                "1.0.0",
+                vec![json!({"type": "bridge", "bridge": BR, "ipam": ipam})],
+            );
+            let out = rt.exec("bridge", "ADD", Some(&att), &net.plugin_conf(0, None));
+            no_panic(&out);
+            let code = out.assert_some_err();
+            if !imp.reference {
+                assert_eq!(code, 7, "ipam {ipam}: {out:?}");
+                assert!(out.msg().contains("ipam"), "ipam {ipam}: {out:?}");
+            }
+            assert!(
+                link(&pod.name, "eth0").is_none(),
+                "{} ipam {ipam}: eth0 made",
+                imp.label
+            );
+            assert!(
+                veths(&sb.node.name).is_empty(),
+                "{} ipam {ipam}: veth made",
+                imp.label
+            );
+        }
+        for ipam in [
+            None,
+            Some(json!(null)),
+            Some(json!({})),
+            Some(json!({"type": ""})),
+        ] {
+            let mut plugin = json!({"type": "bridge", "bridge": BR});
+            if let Some(i) = &ipam {
+                plugin["ipam"] = i.clone();
+            }
+            let net = Net::new(NET, "1.0.0", vec![plugin]);
+            let r = rt
+                .add(&net, &att)
+                .unwrap_or_else(|o| panic!("{} ipam {ipam:?}: ADD: {o:?}", imp.label));
+            assert!(r.get("ips").is_none(), "{} ipam {ipam:?}: {r}", imp.label);
+            assert!(
+                addrs(&pod.name, "eth0").is_empty(),
+                "{} ipam {ipam:?}",
+                imp.label
+            );
+            rt.del(&net, &att, Some(&r))
+                .unwrap_or_else(|o| panic!("{} ipam {ipam:?}: DEL: {o:?}", imp.label));
+            assert!(
+                link(&pod.name, "eth0").is_none(),
+                "{} ipam {ipam:?}",
+                imp.label
+            );
+            wait_no_veths(&sb.node.name);
+        }
+    }
 }

@@ -176,7 +176,7 @@ fn sigkill_during_add(imp: &Impl, flannel: bool) {
         );
         if flannel {
             assert!(
-                !sb.path("flannel").join(&att.container_id).exists(),
+                !flannel_cache(&sb, &att).exists(),
                 "iteration {i}: flannel cache kept"
             );
         }

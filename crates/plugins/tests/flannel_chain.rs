@@ -68,7 +68,6 @@ fn flannel_four_pods(version: &str) {
     let pods = sb.pods(4);
     let rt = sb.runtime(&imp);
     let net = flannel_net(&sb, version);
-    let cache = sb.path("flannel");
     let data = sb.path("ipam");
     let node = sb.node.name.as_str();
 
@@ -79,7 +78,7 @@ fn flannel_four_pods(version: &str) {
             .add(&net, a)
             .unwrap_or_else(|o| panic!("ADD {version}: {o:?}"));
         assert_eq!(r["cniVersion"], version);
-        let cached = cache.join(&a.container_id);
+        let cached = flannel_cache(&sb, a);
         assert!(
             cached.is_file(),
             "flannel cache {} missing after ADD",
@@ -141,7 +140,7 @@ fn flannel_four_pods(version: &str) {
         rt.del(&net, a, Some(r))
             .unwrap_or_else(|o| panic!("DEL: {o:?}"));
         assert!(
-            !cache.join(&a.container_id).exists(),
+            !flannel_cache(&sb, a).exists(),
             "flannel cache left after DEL"
         );
         rt.del(&net, a, Some(r))
@@ -236,7 +235,7 @@ fn ours_flannel_delegates_to_reference_bridge() {
     for (a, r) in atts.iter().zip(&results) {
         rt.del(&net, a, Some(r))
             .unwrap_or_else(|o| panic!("DEL: {o:?}"));
-        assert!(!sb.path("flannel").join(&a.container_id).exists());
+        assert!(!flannel_cache(&sb, a).exists());
     }
     let calls = std::fs::read_to_string(&log).unwrap_or_default();
     for a in &atts {

@@ -7,7 +7,7 @@
 //! to come up (it is up at creation and the bridge has no STP); a failed ADD removes what it made.
 
 use crate::delegate;
-use crate::error::{CniError, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
+use crate::error::{CniError, Failures, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
 use ipnet::IpNet;
@@ -69,6 +69,9 @@ pub struct BridgeConf {
     /// The trunk VLAN IDs, sorted and without duplicates (from `vlanTrunk`).
     #[serde(skip)]
     pub trunk_vids: Vec<u16>,
+    /// The IPAM plugin (from `ipam.type`; `None` for a layer-2 attachment).
+    #[serde(skip)]
+    pub ipam_type: Option<String>,
 }
 
 /// One `vlanTrunk` entry: a single `id`, or a `minID`..=`maxID` range (or both).
@@ -166,6 +169,7 @@ impl BridgeConf {
             ));
         }
         kernel_ifname(&c.bridge, "bridge")?;
+        c.ipam_type = ipam_type(conf)?;
         if let Some(b) = &c.ip_masq_backend {
             if ipmasq::MasqBackend::parse(b).is_none() {
                 return Err(CniError::config(format!(
@@ -178,25 +182,43 @@ impl BridgeConf {
 }
 
 fn kernel_ifname(name: &str, key: &str) -> Result<(), CniError> {
-    if name.is_empty() || name.len() > 15 || name.contains(['/', ':', ' ']) {
-        return Err(CniError::config(format!("invalid {key} name \"{name}\"")));
+    match crate::skel::ifname_problem(name) {
+        None => Ok(()),
+        Some(p) => Err(CniError::config(format!(
+            "invalid {key} name \"{name}\": {p}"
+        ))),
     }
-    Ok(())
 }
 
-fn ipam_type(conf: &NetConf) -> Option<String> {
-    conf.ipam
-        .as_ref()
-        .and_then(|i| i.get("type"))
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
+/// The IPAM plugin to delegate to, from `ipam`: an object whose `type` is a string. Absent, `null`, `{}` or an
+/// empty type mean none (a layer-2 attachment), as in the reference; anything else is a configuration error
+/// rather than an attachment silently left without addresses.
+fn ipam_type(conf: &NetConf) -> Result<Option<String>, CniError> {
+    let ipam = match &conf.ipam {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            return Err(CniError::config(format!(
+                "invalid bridge configuration: ipam must be an object, got {v}"
+            )))
+        }
+    };
+    match ipam.get("type") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if t.is_empty() => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(v) => Err(CniError::config(format!(
+            "invalid bridge configuration: ipam.type must be a string, got {v}"
+        ))),
+    }
 }
 
 fn mac_arg(args: &CmdArgs, conf: &NetConf) -> Result<Option<Mac>, CniError> {
     // Precedence as upstream: CNI_ARGS MAC, then args.cni.mac, then runtimeConfig.mac (the last one set wins).
     let mut mac = None;
-    let cni_args = crate::args::CniArgs::parse(&args.args, &["MAC", "IP"]).unwrap_or_default();
+    // An unknown key without IgnoreUnknown fails the ADD, as the reference's does, rather than dropping the MAC.
+    // (IP is host-local's, accepted here too so that it can pass through to IPAM.)
+    let cni_args = crate::args::CniArgs::parse(&args.args, &["MAC", "IP"])?;
     if let Some(m) = cni_args.get("MAC") {
         mac = Some(m.to_string());
     }
@@ -245,8 +267,8 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
         Command::Del => del(args, conf, &bc).await.map(|_| None),
         Command::Check => check(args, conf, &bc).await.map(|_| None),
         Command::Gc => gc(args, conf, &bc).await.map(|_| None),
-        Command::Status => match ipam_type(conf) {
-            Some(t) => delegate::run(&t, args, args.stdin.clone())
+        Command::Status => match &bc.ipam_type {
+            Some(t) => delegate::run(t, args, args.stdin.clone())
                 .await
                 .map(|_| None),
             None => Ok(None),
@@ -258,7 +280,9 @@ pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
 /// What a partly done ADD has to undo.
 struct Undo {
     ipam: Option<String>,
-    veth_in_pod: bool,
+    /// The host end of the veth pair, by the random name only this ADD uses: set before the pair is made, so
+    /// whatever happened to the pod end (the kernel may have named it differently), deleting this removes both.
+    host_veth: Option<String>,
     spoofchk: bool,
 }
 
@@ -275,32 +299,48 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
     }
     let mut undo = Undo {
         ipam: None,
-        veth_in_pod: false,
+        host_veth: None,
         spoofchk: false,
     };
     match add_inner(args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
         Ok(r) => Ok(r),
         Err(e) => {
-            // Leave nothing behind: the pod interface (its host peer goes with it), the IP, the masquerade rules.
-            if undo.veth_in_pod {
-                if let Ok(Some(l)) = pod.link_by_name(&args.ifname).await {
-                    let _ = pod.delete_link(l.index).await;
-                }
+            // Leave nothing behind: the veth pair, the IP, the masquerade rules, each step whatever the others
+            // did; what could not be undone is reported with the error (the runtime's DEL retries it).
+            let mut f = Failures::new();
+            if let Some(hv) = &undo.host_veth {
+                let r = async {
+                    if let Some(l) = host.link_by_name(hv).await? {
+                        host.delete_link(l.index).await?;
+                    }
+                    Ok::<(), kernel::Error>(())
+                };
+                f.step("veth", r.await.map_err(CniError::from));
             }
             if let Some(t) = undo.ipam {
                 let del = CmdArgs {
                     command: Command::Del,
                     ..args.clone()
                 };
-                let _ = delegate::run(&t, &del, args.stdin.clone()).await;
+                f.step(
+                    format!("IPAM ({t})"),
+                    delegate::run(&t, &del, args.stdin.clone()).await,
+                );
             }
             if bc.ip_masq {
-                let _ = ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[]);
+                f.step(
+                    "ipMasq",
+                    ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
+                        .map_err(CniError::from),
+                );
             }
             if undo.spoofchk {
-                let _ = spoofcheck::teardown(&args.container_id, &args.ifname);
+                f.step(
+                    "macspoofchk",
+                    spoofcheck::teardown(&args.container_id, &args.ifname).map_err(CniError::from),
+                );
             }
-            Err(e)
+            Err(f.add_to(e))
         }
     }
 }
@@ -325,9 +365,9 @@ async fn add_inner(
         cni_version: conf.version().to_string(),
         ..Default::default()
     };
-    if let Some(t) = ipam_type(conf) {
+    if let Some(t) = &bc.ipam_type {
         undo.ipam = Some(t.clone());
-        let r = delegate::run(&t, args, args.stdin.clone())
+        let r = delegate::run(t, args, args.stdin.clone())
             .await?
             .ok_or_else(|| CniError::internal(format!("IPAM plugin {t} returned no result")))?;
         if r.ips.is_empty() {
@@ -339,6 +379,7 @@ async fn add_inner(
     }
 
     let host_name = host_veth_name()?;
+    undo.host_veth = Some(host_name.clone());
     host.create_veth(&kernel::link::VethSpec {
         host_name: &host_name,
         peer_name: &args.ifname,
@@ -352,7 +393,6 @@ async fn add_inner(
         kernel::Error::Conflict(m) => CniError::internal(m),
         e => e.into(),
     })?;
-    undo.veth_in_pod = true;
     let hv = host.link_by_name(&host_name).await?.ok_or_else(|| {
         CniError::internal(format!("host veth {host_name} vanished after creation"))
     })?;
@@ -596,18 +636,36 @@ async fn ensure_vlan_interface(
         }
         Err(e) => return Err(e.into()),
     }
-    let pl = host
-        .link_by_name(&port)
-        .await?
-        .ok_or_else(|| CniError::internal(format!("veth {port} vanished after creation")))?;
-    let _ = sysctl::set(&["net", "ipv6", "conf", &port, "accept_ra"], "0");
-    setup_port_vlans(host, pl.index, bc.vlan, &[], bc.preserve_default_vlan).await?;
-    let l = host
-        .link_by_name(&name)
-        .await?
-        .ok_or_else(|| CniError::internal(format!("{name} vanished after creation")))?;
-    host.set_up(l.index).await?;
-    Ok(l)
+    let configure = async {
+        let pl = host
+            .link_by_name(&port)
+            .await?
+            .ok_or_else(|| CniError::internal(format!("veth {port} vanished after creation")))?;
+        let _ = sysctl::set(&["net", "ipv6", "conf", &port, "accept_ra"], "0");
+        setup_port_vlans(host, pl.index, bc.vlan, &[], bc.preserve_default_vlan).await?;
+        let l = host
+            .link_by_name(&name)
+            .await?
+            .ok_or_else(|| CniError::internal(format!("{name} vanished after creation")))?;
+        host.set_up(l.index).await?;
+        Ok(l)
+    };
+    match configure.await {
+        Ok(l) => Ok(l),
+        Err(e) => {
+            // Half made, the pair would be taken for the finished gateway by every later ADD: remove it, so the
+            // next ADD makes it again.
+            let mut f = Failures::new();
+            let r = async {
+                if let Some(p) = host.link_by_name(&port).await? {
+                    host.delete_link(p.index).await?;
+                }
+                Ok::<(), kernel::Error>(())
+            };
+            f.step(format!("half-made {name}"), r.await.map_err(CniError::from));
+            Err(f.add_to(e))
+        }
+    }
 }
 
 /// The first host address of a subnet (network + 1), the conventional gateway.
@@ -654,37 +712,103 @@ async fn ensure_gateway_addr(
 }
 
 async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    if !args.netns.is_empty() {
-        // A namespace that is already gone took its interfaces with it; the IP and rules are still ours to free.
-        match Netns::open(&args.netns) {
-            Ok(ns) => {
-                let pod = Netlink::in_netns(&ns)?;
-                if let Some(l) = pod.link_by_name(&args.ifname).await? {
-                    remove_pod_link(&ns, &pod, l.index).await?;
-                }
-            }
-            Err(kernel::Error::NotFound(_)) => {}
-            Err(e) => return Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
-        }
+    let ns = del_netns(&args.netns)?;
+    // Every step runs whatever happened to the others, so one failure leaves as little as possible behind for
+    // the runtime's retry; each step is idempotent.
+    let mut f = Failures::new();
+    if let Some(ns) = &ns {
+        f.step("pod interface", remove_pod_links(ns, &args.ifname).await);
     }
-    if let Some(t) = ipam_type(conf) {
-        delegate::run(&t, args, args.stdin.clone()).await?;
+    if let Some(t) = &bc.ipam_type {
+        f.step(
+            format!("IPAM ({t})"),
+            delegate::run(t, args, args.stdin.clone()).await,
+        );
     }
     if bc.macspoofchk {
         // Keyed by the attachment, so it goes even when the interface (and its namespace) already went.
-        spoofcheck::teardown(&args.container_id, &args.ifname)?;
+        f.step(
+            "macspoofchk",
+            spoofcheck::teardown(&args.container_id, &args.ifname).map_err(CniError::from),
+        );
     }
     if bc.ip_masq {
-        ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])?;
+        f.step(
+            "ipMasq",
+            ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
+                .map_err(CniError::from),
+        );
     }
-    Ok(())
+    f.finish("DEL")
+}
+
+/// The pod namespace of a DEL: `None` when CNI_NETNS is empty or the namespace is already gone (it took its
+/// interfaces with it; the IP and rules are still to be freed). A CNI_NETNS that is not a namespace is a bad
+/// request, refused before anything is released: the interface may still be up with its address in a namespace
+/// we were not shown.
+pub(crate) fn del_netns(netns: &str) -> Result<Option<Netns>, CniError> {
+    if netns.is_empty() {
+        return Ok(None);
+    }
+    match Netns::open(netns) {
+        Ok(ns) => Ok(Some(ns)),
+        Err(kernel::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
+    }
+}
+
+/// Prefix of the name a pod interface gets on DEL while its deletion is under way ([`remove_pod_link`]).
+const TOMB_PREFIX: &str = "cnidel";
+
+/// Removes the attachment's interface `ifname` from the pod namespace, and any interface a killed DEL left
+/// renamed out of the way (nothing else in the pod is named so: the tombstone prefix is ours, and a link
+/// carrying it was already condemned by the DEL that renamed it). One dump gives both, as one lookup by name
+/// would cost the same.
+pub(crate) async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let pod = Netlink::in_netns(ns)?;
+    let mut f = Failures::new();
+    for l in pod.links().await? {
+        if l.name == ifname {
+            f.step(ifname, remove_attachment_link(ns, &pod, &l).await);
+        } else if l.name.starts_with(TOMB_PREFIX) && l.kind.as_deref() == Some("veth") {
+            // Synchronously: this is the retry of a DEL that was killed, not the common path.
+            f.step(
+                l.name.clone(),
+                pod.delete_link(l.index).await.map_err(CniError::from),
+            );
+        }
+    }
+    f.into_result()
+}
+
+async fn remove_attachment_link(ns: &Netns, pod: &Netlink, l: &Link) -> Result<(), CniError> {
+    if l.loopback {
+        return Err(CniError::new(
+            ERR_INVALID_ENV,
+            format!(
+                "CNI_IFNAME {}: that is the pod's loopback interface, which bridge neither makes nor deletes",
+                l.name
+            ),
+        ));
+    }
+    if l.kind.is_none() {
+        // A physical device (moved in by another plugin): the kernel cannot delete it, and renaming it out of
+        // the way would only break it.
+        return Err(CniError::internal(format!(
+            "{} in {} is not a virtual interface; bridge did not make it and cannot delete it",
+            l.name,
+            ns.path().display()
+        )));
+    }
+    remove_pod_link(ns, pod, l.index).await
 }
 
 /// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free
-/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process.
+/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process. Killed after the
+/// rename, the retried DEL recognises the link by its tombstone prefix ([`remove_pod_links`]).
 async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
     pod.set_down(index).await?;
-    let tomb = host_veth_name()?.replacen("veth", "cnidel", 1);
+    let tomb = host_veth_name()?.replacen("veth", TOMB_PREFIX, 1);
     if pod.rename(index, &tomb).await.is_ok()
         && kernel::link::delete_link_detached(ns, index).is_ok()
     {
@@ -695,8 +819,8 @@ async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), Cn
 }
 
 async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    if let Some(t) = ipam_type(conf) {
-        delegate::run(&t, args, args.stdin.clone()).await?;
+    if let Some(t) = &bc.ipam_type {
+        delegate::run(t, args, args.stdin.clone()).await?;
     }
     let prev = conf
         .prev()?
@@ -806,11 +930,12 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), Cn
 }
 
 async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
-    let mut errors = Vec::new();
-    if let Some(t) = ipam_type(conf) {
-        if let Err(e) = delegate::run(&t, args, args.stdin.clone()).await {
-            errors.push(e.to_string());
-        }
+    let mut f = Failures::new();
+    if let Some(t) = &bc.ipam_type {
+        f.step(
+            format!("IPAM ({t})"),
+            delegate::run(t, args, args.stdin.clone()).await,
+        );
     }
     if bc.ip_masq {
         let valid: Vec<(String, String)> = conf
@@ -818,15 +943,12 @@ async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniEr
             .into_iter()
             .map(|a| (a.container_id, a.ifname))
             .collect();
-        if let Err(e) = ipmasq::gc_ip_masq(&conf.name, &valid) {
-            errors.push(e.to_string());
-        }
+        f.step(
+            "ipMasq",
+            ipmasq::gc_ip_masq(&conf.name, &valid).map_err(CniError::from),
+        );
     }
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(CniError::internal(format!("GC: {}", errors.join("; "))))
-    }
+    f.finish("GC")
 }
 
 #[cfg(test)]
@@ -867,6 +989,23 @@ mod tests {
         );
         assert_eq!(
             BridgeConf::from_conf(&conf(r#","bridge":"way-too-long-bridge-name""#))
+                .unwrap_err()
+                .code,
+            7
+        );
+        for ipam in [r#"1"#, r#""x""#, r#"[]"#, r#"true"#, r#"{"type":1}"#] {
+            let e = BridgeConf::from_conf(&conf(&format!(r#","ipam":{ipam}"#))).unwrap_err();
+            assert_eq!(e.code, 7, "{ipam}");
+        }
+        for ipam in [r#"null"#, r#"{}"#, r#"{"type":""}"#] {
+            let c = BridgeConf::from_conf(&conf(&format!(r#","ipam":{ipam}"#))).unwrap();
+            assert_eq!(c.ipam_type, None, "{ipam}");
+        }
+        let c = BridgeConf::from_conf(&conf(r#","ipam":{"type":"host-local"}"#)).unwrap();
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        // The kernel would expand the template, so the bridge would not be called what the config says.
+        assert_eq!(
+            BridgeConf::from_conf(&conf(r#","bridge":"cni%d""#))
                 .unwrap_err()
                 .code,
             7

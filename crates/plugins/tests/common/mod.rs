@@ -9,7 +9,10 @@
 
 #![allow(dead_code)]
 
-use serde_json::{json, Value};
+use cni::conflist::{ListError, NetConfList};
+use cni::types::Attachment;
+use cni::Command as CniCommand;
+use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -446,8 +449,39 @@ pub fn exec_plugin(bin: &Path, node: Option<&str>, env: &Env, stdin: &[u8]) -> O
     }
 }
 
+/// Runs a plugin like [`exec_plugin`] but gives up after `limit`: the plugin is killed and `None` returned. For
+/// inputs that must not make a plugin block; the limit only keeps a regression from hanging the suite and is far
+/// above any real answer time (this is no latency assertion).
+pub fn exec_plugin_bounded(
+    bin: &Path,
+    node: Option<&str>,
+    env: &Env,
+    stdin: &[u8],
+    limit: Duration,
+) -> Option<Out> {
+    let start = Instant::now();
+    let mut child = spawn_plugin(bin, node, env, stdin);
+    let step = Duration::from_millis(10);
+    let steps = (limit.as_millis() / step.as_millis()).max(1);
+    for _ in 0..steps {
+        if child.try_wait().expect("poll plugin").is_some() {
+            let out = child.wait_with_output().expect("collect plugin output");
+            return Some(Out {
+                status: out.status,
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                elapsed: start.elapsed(),
+            });
+        }
+        std::thread::sleep(step);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 // ------------------------------------------------------------------------------------------------
-// A tiny runtime: conflist chains with prevResult, as libcni does
+// A tiny runtime: conflists run by the library's libcni logic (cni::conflist), plugins exec'd here
 // ------------------------------------------------------------------------------------------------
 
 /// One attachment (what a runtime keys an ADD/DEL by).
@@ -487,25 +521,17 @@ impl Net {
         }
     }
 
-    /// The per-plugin request: plugin object + `cniVersion` + `name` (+ `prevResult`).
+    /// The conflist as the library parses it.
+    pub fn list(&self) -> NetConfList {
+        let v = json!({"cniVersion": self.version, "name": self.name, "plugins": self.plugins});
+        NetConfList::parse(v.to_string().as_bytes()).unwrap_or_else(|e| panic!("conflist {v}: {e}"))
+    }
+
+    /// The per-plugin request: plugin object + `cniVersion` + `name` (+ `prevResult`), as libcni builds it.
     pub fn plugin_conf(&self, i: usize, prev: Option<&Value>) -> Value {
-        let mut conf = self.plugins[i].clone();
-        let m = conf.as_object_mut().expect("plugin object");
-        m.insert("cniVersion".into(), json!(self.version));
-        m.insert("name".into(), json!(self.name));
-        if let Some(p) = prev {
-            m.insert("prevResult".into(), p.clone());
-        }
-        conf
-    }
-
-    fn ty(&self, i: usize) -> String {
-        self.plugins[i]["type"].as_str().expect("type").to_string()
-    }
-
-    /// Whether this version carries `prevResult` on DEL (libcni: 0.4.0 and later).
-    pub fn del_has_prev(&self) -> bool {
-        version_at_least(&self.version, "0.4.0")
+        self.list()
+            .plugin_conf(i, &self.version, &Map::new(), prev)
+            .unwrap_or_else(|| panic!("no plugin {i} in {:?}", self.plugins))
     }
 }
 
@@ -513,6 +539,14 @@ impl Net {
 pub fn version_at_least(v: &str, min: &str) -> bool {
     let p = |s: &str| -> Vec<u32> { s.split('.').map(|x| x.parse().unwrap_or(0)).collect() };
     p(v) >= p(min)
+}
+
+/// A list command the library refused before running any plugin is a mistake in the test itself.
+fn plugin_failure(e: ListError<Out>) -> Out {
+    match e {
+        ListError::Plugin(out) => out,
+        ListError::Unsupported(e) => panic!("the test asked for a command its version lacks: {e}"),
+    }
 }
 
 /// Runs plugins found on a search path, inside a node namespace.
@@ -551,6 +585,25 @@ impl Runtime {
         self.exec_env(ty, &env, conf.to_string().as_bytes())
     }
 
+    /// Runs `ty` for `cmd` on `att`, killing it after `limit` (see [`exec_plugin_bounded`]).
+    pub fn exec_bounded(
+        &self,
+        ty: &str,
+        cmd: &str,
+        att: Option<&Att>,
+        conf: &Value,
+        limit: Duration,
+    ) -> Option<Out> {
+        let env = Env::for_cmd(cmd, att, &self.cni_path_str());
+        exec_plugin_bounded(
+            &self.find(ty),
+            self.node.as_deref(),
+            &env,
+            conf.to_string().as_bytes(),
+            limit,
+        )
+    }
+
     /// Starts `ty` for `cmd` without waiting.
     pub fn spawn(&self, ty: &str, cmd: &str, att: Option<&Att>, conf: &Value) -> Child {
         let env = Env::for_cmd(cmd, att, &self.cni_path_str());
@@ -562,87 +615,68 @@ impl Runtime {
         )
     }
 
-    /// ADD: plugins in order, each getting the previous result; the final result.
-    pub fn add(&self, net: &Net, att: &Att) -> Result<Value, Out> {
-        let mut prev: Option<Value> = None;
-        for i in 0..net.plugins.len() {
-            let out = self.exec(
-                &net.ty(i),
-                "ADD",
-                Some(att),
-                &net.plugin_conf(i, prev.as_ref()),
-            );
+    /// What the list runner calls for each plugin: exec it for `att` (none for GC and STATUS); a failure is its
+    /// output, an ADD's result its stdout as JSON; a DEL must print nothing.
+    fn invoker<'a>(
+        &'a self,
+        att: Option<&'a Att>,
+    ) -> impl FnMut(&str, CniCommand, &Value) -> Result<Option<Value>, Out> + 'a {
+        move |ty, cmd, conf| {
+            let out = self.exec(ty, cmd.as_str(), att, conf);
             if !out.ok() {
                 return Err(out);
             }
-            prev = Some(out.json());
+            match cmd {
+                CniCommand::Add => Ok(Some(out.json())),
+                CniCommand::Del => {
+                    assert!(
+                        out.stdout.trim().is_empty(),
+                        "DEL printed something: {out:?}"
+                    );
+                    Ok(None)
+                }
+                _ => Ok(None),
+            }
         }
-        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    /// ADD: plugins in order, each getting the previous result; the final result.
+    pub fn add(&self, net: &Net, att: &Att) -> Result<Value, Out> {
+        net.list()
+            .add(&net.version, &Map::new(), self.invoker(Some(att)))
+            .map(|r| r.unwrap_or(Value::Null))
     }
 
     /// DEL: plugins in reverse order, each getting the final ADD result (from 0.4.0 on).
     pub fn del(&self, net: &Net, att: &Att, prev: Option<&Value>) -> Result<(), Out> {
-        let prev = if net.del_has_prev() { prev } else { None };
-        for i in (0..net.plugins.len()).rev() {
-            let out = self.exec(&net.ty(i), "DEL", Some(att), &net.plugin_conf(i, prev));
-            if !out.ok() {
-                return Err(out);
-            }
-            assert!(
-                out.stdout.trim().is_empty(),
-                "DEL printed something: {out:?}"
-            );
-        }
-        Ok(())
+        net.list()
+            .del(&net.version, &Map::new(), prev, self.invoker(Some(att)))
     }
 
-    /// CHECK: plugins in order with the final ADD result.
+    /// CHECK: plugins in order with the final ADD result (0.4.0 and later).
     pub fn check(&self, net: &Net, att: &Att, prev: &Value) -> Result<(), Out> {
-        for i in 0..net.plugins.len() {
-            let out = self.exec(
-                &net.ty(i),
-                "CHECK",
-                Some(att),
-                &net.plugin_conf(i, Some(prev)),
-            );
-            if !out.ok() {
-                return Err(out);
-            }
-        }
-        Ok(())
+        net.list()
+            .check(&net.version, &Map::new(), prev, self.invoker(Some(att)))
+            .map_err(plugin_failure)
     }
 
-    /// GC with the still-valid attachments: every plugin, continuing on errors; the errors.
+    /// GC with the still-valid attachments: every plugin, continuing on errors; the errors (1.1.0 and later).
     pub fn gc(&self, net: &Net, valid: &[(&str, &str)]) -> Result<(), Vec<Out>> {
-        let valid: Vec<Value> = valid
+        let valid: Vec<Attachment> = valid
             .iter()
-            .map(|(c, i)| json!({"containerID": c, "ifname": i}))
+            .map(|(c, i)| Attachment {
+                container_id: c.to_string(),
+                ifname: i.to_string(),
+            })
             .collect();
-        let mut errs = vec![];
-        for i in 0..net.plugins.len() {
-            let mut conf = net.plugin_conf(i, None);
-            conf["cni.dev/valid-attachments"] = json!(valid);
-            let out = self.exec(&net.ty(i), "GC", None, &conf);
-            if !out.ok() {
-                errs.push(out);
-            }
-        }
-        if errs.is_empty() {
-            Ok(())
-        } else {
-            Err(errs)
-        }
+        net.list().gc(&net.version, &valid, self.invoker(None))
     }
 
-    /// STATUS: every plugin, stopping at the first error.
+    /// STATUS: every plugin, stopping at the first error (1.1.0 and later).
     pub fn status(&self, net: &Net) -> Result<(), Out> {
-        for i in 0..net.plugins.len() {
-            let out = self.exec(&net.ty(i), "STATUS", None, &net.plugin_conf(i, None));
-            if !out.ok() {
-                return Err(out);
-            }
-        }
-        Ok(())
+        net.list()
+            .status(&net.version, self.invoker(None))
+            .map_err(plugin_failure)
     }
 
     /// VERSION of `ty` given `version` in the input.
@@ -685,6 +719,17 @@ pub fn flannel_conf(sb: &Sandbox) -> Value {
         "ipam": { "dataDir": sb.path("ipam") },
         "delegate": { "hairpinMode": true, "isDefaultGateway": true }
     })
+}
+
+/// Where the flannel plugin of [`flannel_conf`] caches the delegate config of an attachment.
+pub fn flannel_cache(sb: &Sandbox, att: &Att) -> PathBuf {
+    sb.path("flannel")
+        .join(format!("{}:{}", att.container_id, att.ifname))
+}
+
+/// The cache name upstream flannel and earlier versions use: the container ID alone.
+pub fn flannel_legacy_cache(sb: &Sandbox, att: &Att) -> PathBuf {
+    sb.path("flannel").join(&att.container_id)
 }
 
 /// `loopback` + `flannel`, as a conflist; writes the default subnet.env.

@@ -14,7 +14,7 @@ mod tests;
 pub use config::{parse_resolv_conf, IpamConf, StorageConf, DEFAULT_DATA_DIR};
 pub use range::{Range, RangeIter, RangeSet, RangeSpec};
 
-use crate::error::{CniError, ERR_NOT_AVAILABLE};
+use crate::error::{CniError, Failures, ERR_NOT_AVAILABLE};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::{CniResult, Dns, IpConfig, NetConf};
 use ipnet::IpNet;
@@ -162,13 +162,18 @@ fn cmd_add(args: &CmdArgs, conf: &NetConf) -> Result<CniResult, CniError> {
         match got {
             Ok(ip) => result.ips.push(ip),
             Err(e) => {
-                // Undo exactly what this ADD reserved; earlier allocations of the same attachment stay.
+                // Undo exactly what this ADD reserved; earlier allocations of the same attachment stay. Every
+                // address is released whatever happens to the others, and what could not be is reported.
+                let mut undo = Failures::new();
                 for ip in &allocated {
-                    let _ = store.release_ip(*ip);
+                    undo.step(
+                        ip.to_string(),
+                        store.release_ip(*ip).map_err(CniError::from),
+                    );
                 }
                 let mut c = CniError::from(e);
                 c.msg = format!("failed to allocate for range {idx}: {}", c.msg);
-                return Err(c);
+                return Err(undo.add_to(c));
             }
         }
     }

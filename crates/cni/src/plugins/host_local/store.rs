@@ -54,6 +54,16 @@ pub fn parse_owner(content: &[u8]) -> Option<Owner<'_>> {
     })
 }
 
+/// Parses a `last_reserved_ip.<n>` cursor; anything but an address (surrounding whitespace allowed) is none.
+pub fn parse_last_reserved(content: &[u8]) -> Option<IpAddr> {
+    std::str::from_utf8(content)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+        .map(canonical_ip)
+}
+
 /// The record content for an attachment.
 pub fn record(id: &str, ifname: &str) -> Vec<u8> {
     format!("{}\r\n{}", id.trim(), ifname).into_bytes()
@@ -259,12 +269,7 @@ impl Store {
         if !read_small(open_in(&self.dirfd, OsStr::new(&name)), buf) {
             return None;
         }
-        std::str::from_utf8(buf)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-            .map(canonical_ip)
+        parse_last_reserved(buf)
     }
 
     /// Records the round-robin cursor of range set `set`.

@@ -525,3 +525,100 @@ fn prev_result_fast_path_only_for_matching_records() {
     assert!(prev_result_records(&args, &with_prev(&b), &store, &owner, &mut buf).is_none());
     assert!(prev_result_records(&args, &c, &store, &owner, &mut buf).is_none());
 }
+
+mod state_files {
+    //! Every file host-local reads back — reservation records (by name and content), the round-robin cursors,
+    //! `resolvConf` — parsed directly and through the commands that read them: an error or a value, never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A record's possible contents: random bytes, records of this and other attachments (current and legacy
+    /// layout), and one too big to be a record.
+    fn arb_record() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            4 => prop::collection::vec(any::<u8>(), 0..700),
+            2 => prop::sample::select(vec!["me\r\neth0", "me", "  me\r\neth0\n", "other\r\neth0", "me\r\n", "\r\n", ""])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            1 => Just(vec![b'm'; 70_000]),
+        ]
+    }
+
+    /// File names in a network directory: addresses inside and outside the range, in both families and odd
+    /// spellings, the cursor names, and anything else.
+    fn arb_name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u8..20).prop_map(|n| format!("10.20.0.{n}")),
+            prop::sample::select(vec![
+                "::ffff:10.20.0.3",
+                "fd00::1",
+                "10.20.0.999",
+                "last_reserved_ip.0",
+                "last_reserved_ip.1",
+                "last_reserved_ip.x",
+                "lock",
+                ".hidden",
+            ])
+            .prop_map(str::to_string),
+            "[a-z0-9.:]{1,12}".prop_filter("a file name", |n| n != "." && n != ".."),
+        ]
+    }
+
+    fn arb_cursor() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (0u8..=255).prop_map(|n| format!("10.20.0.{n}").into_bytes()),
+            prop::sample::select(vec!["fd00::5", " 10.20.0.7\n", "10.20.0.7x", ""])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            prop::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn parsers_never_panic(record in arb_record(), cursor in arb_cursor(), text in ".{0,300}") {
+            let _ = store::parse_owner(&record);
+            let _ = store::parse_last_reserved(&cursor);
+            let dns = parse_resolv_conf(&text);
+            prop_assert!(dns.nameservers.iter().all(|n| !n.is_empty()));
+        }
+
+        /// ADD, CHECK, DEL (with and without prevResult) and GC over a directory holding arbitrary files.
+        #[test]
+        fn commands_never_panic_on_stored_files(
+            files in prop::collection::vec((arb_name(), arb_record()), 0..8),
+            cursor in arb_cursor(),
+            resolv in prop::collection::vec(any::<u8>(), 0..200),
+        ) {
+            let d = TempDir::new("prop");
+            fs::create_dir_all(d.net()).unwrap();
+            for (name, content) in &files {
+                fs::write(d.net().join(name), content).unwrap();
+            }
+            fs::write(d.net().join("last_reserved_ip.0"), &cursor).unwrap();
+            let resolv_path = d.0.join("resolv.conf");
+            fs::write(&resolv_path, &resolv).unwrap();
+            let c = conf(
+                &d,
+                json!({"ranges": [[{"subnet": "10.20.0.0/27"}]], "resolvConf": resolv_path.to_str().unwrap()}),
+            );
+            let added = add(&c, "me").ok();
+            let _ = check(&c, "me");
+            if let Some(r) = &added {
+                let _ = run(&cmd(Command::Del, "me", "eth0"), &with_prev_result(&c, r));
+            }
+            let _ = del(&c, "me");
+            let _ = run(&cmd(Command::Gc, "", ""), &gc_conf(&c, json!([{"containerID": "other", "ifname": "eth0"}])));
+            // Whatever was there, this attachment holds nothing afterwards.
+            let mut buf = Vec::new();
+            if let Some(store) = Store::open_existing(&d.net()).unwrap() {
+                for e in store.entries().unwrap() {
+                    if e.ip.is_some() && store.read(&e, &mut buf) {
+                        prop_assert!(buf.trim_ascii() != b"me\r\neth0", "record of 'me' left");
+                    }
+                }
+            }
+        }
+    }
+}
