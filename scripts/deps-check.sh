@@ -64,8 +64,8 @@ set -e
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$work/used" ] && break; sleep 0.2; done
 
 # Files programs read when they are there and do without otherwise (glibc's locale aliases and archives, message
-# catalogues): using them proves no dependency.
-optional='^/etc/locale\.alias$|^/usr/lib/locale/|^/usr/share/locale/|^/usr/share/i18n/'
+# catalogues, debug symbols a backtrace looks up): using them proves no dependency.
+optional='^/etc/locale\.alias$|^/usr/lib/locale/|^/usr/share/locale/|^/usr/share/i18n/|^/usr/lib/debug/'
 # Merged /usr: dpkg lists /bin/x, /lib/x for files that live under /usr; compare in one form.
 canon='function canon(p) { if (p ~ /^\/(bin|sbin|lib|lib32|lib64|libx32)\//) p = "/usr" p; return p }'
 # Every used path, and what it resolves to (an alternatives symlink belongs to nobody; its target does).

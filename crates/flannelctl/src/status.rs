@@ -12,7 +12,8 @@ pub fn run(addr: SocketAddr, json: bool) -> Result<()> {
             format!("cannot reach flanneld at {addr} (is it running with --healthz-port?)")
         })?;
     if code != 200 {
-        bail!("flanneld at {addr} answered HTTP {code}");
+        // 403: /status is served to loopback clients only unless flanneld runs with --status-remote.
+        bail!("flanneld at {addr} answered HTTP {code}: {}", body.trim());
     }
     let v: Value = serde_json::from_str(&body).context("flanneld sent invalid JSON")?;
     if json {
@@ -65,7 +66,7 @@ pub fn render(v: &Value) -> String {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    out += &format!("peers:   {}\n", peers.len());
+    out += &format!("peers:   {}  refused {}\n", peers.len(), s(v, "/refused"));
     out += &format!(
         "  {:<18} {:<16} {:<9} {:<10} {}\n",
         "SUBNET", "PUBLIC IP", "BACKEND", "PROGRAMMED", "BACKEND DATA"
@@ -79,6 +80,10 @@ pub fn render(v: &Value) -> String {
             s(p, "/programmed"),
             s(p, "/backendData")
         );
+        // A refused lease says why, under its line.
+        if let Some(Value::String(why)) = p.get("refused") {
+            out += &format!("  {:<18} refused: {why}\n", "");
+        }
     }
     out
 }
@@ -95,6 +100,13 @@ mod tests {
         let t = render(&v);
         assert!(
             t.contains("10.244.1.0/24") && t.contains("192.0.2.2") && t.contains("true"),
+            "{t}"
+        );
+        let v = serde_json::json!({"refused": 1, "peers":[{"subnet":"10.244.3.0/25","publicIP":"192.0.2.3",
+            "programmed":false,"refused":"subnet 10.244.3.0/25 is not a /24 (the network's SubnetLen)"}]});
+        let t = render(&v);
+        assert!(
+            t.contains("refused 1") && t.contains("refused: subnet 10.244.3.0/25 is not a /24"),
             "{t}"
         );
     }

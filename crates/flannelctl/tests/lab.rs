@@ -104,7 +104,7 @@ fn lab_up_status_exec_down() {
         let (code, route) = ctl(&["lab", "exec", "n1", "--", "ip", "route"]);
         assert_eq!(code, 0, "{route}");
         let want = if backend == "vxlan" {
-            "dev flannel.1 onlink"
+            "dev flannel.1 proto 121 onlink"
         } else {
             "via 192.0.2."
         };

@@ -93,16 +93,7 @@ fn package_list_has_what_the_build_needs() {
     ] {
         assert!(pkgs.contains(&p), "scripts/packages lacks {p}: {pkgs:?}");
     }
-    // Everything the build itself uses is proven by .ci/run (scripts/deps-check.sh); its self-test must pass here.
-    let out = Command::new("bash")
-        .arg(repo().join("scripts/deps-check.sh"))
-        .arg("--self-test")
-        .output()
-        .expect("run scripts/deps-check.sh --self-test");
-    assert!(
-        out.status.success(),
-        "deps-check self-test: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // That everything the build and the tests use comes from the list is proven by .ci/run, which runs the test
+    // command under scripts/deps-check.sh after its --self-test (not from here: strace cannot trace a process that
+    // is itself being traced).
 }

@@ -296,19 +296,25 @@ fn ifname_in_use(imp: &Impl) {
     nothing_left(&sb, Some(&pod), &data);
 }
 
+/// Each check against ours and against the reference plugins, as `ours::<check>` and `reference::<check>`.
 macro_rules! both {
     ($($name:ident,)*) => {
         mod ours {
             use super::*;
-            $(#[test] fn $name() { if !is_root() { return; } super::$name(&Impl::ours()); })*
+            $(fn $name() { require_root(); super::$name(&Impl::ours()); })*
+            pub fn tests() -> Vec<testkit::Test> {
+                vec![$(testkit::Test { name: concat!("ours::", stringify!($name)), run: $name }),*]
+            }
         }
         mod reference {
             use super::*;
-            $(#[test] fn $name() {
-                if !is_root() { return; }
-                let Some(imp) = Impl::reference() else { return };
-                super::$name(&imp);
+            $(fn $name() {
+                require_root();
+                super::$name(&Impl::reference());
             })*
+            pub fn tests() -> Vec<testkit::Test> {
+                vec![$(testkit::Test { name: concat!("reference::", stringify!($name)), run: $name }),*]
+            }
         }
     };
 }
@@ -324,11 +330,8 @@ both! {
 }
 
 /// flannel without subnet.env: code 11 (try again later) naming the file and flanneld; nothing cached or made.
-#[test]
 fn flannel_without_subnet_env() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -353,11 +356,8 @@ fn flannel_without_subnet_env() {
 }
 
 /// flannel with a broken subnet.env (missing keys, bad values): an error naming the problem, never a panic.
-#[test]
 fn flannel_bad_subnet_env() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -382,11 +382,8 @@ fn flannel_bad_subnet_env() {
 }
 
 /// A delegate block that upstream refuses (`name` or `ipam` inside `delegate`) is a configuration error.
-#[test]
 fn flannel_bad_delegate() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -414,11 +411,8 @@ fn flannel_bad_delegate() {
 }
 
 /// Our skel refuses an invalid container ID or interface name with code 4, like the Go skel.
-#[test]
 fn ours_invalid_ids() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -443,11 +437,8 @@ fn ours_invalid_ids() {
 /// number (the pod interface would not be called what the runtime asked for, and its DEL would not find it), and
 /// `all`/`default` collide with the sysctl directories. Code 4 before anything is made, for ADD and DEL, in bridge
 /// and in flannel (whose delegate would otherwise make the veth).
-#[test]
 fn ours_ifname_the_kernel_would_rewrite() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -483,11 +474,8 @@ fn ours_ifname_the_kernel_would_rewrite() {
 /// `CNI_NETNS` naming something that is not a network namespace: a FIFO (opening it for reading would block until
 /// a writer comes), a regular file, a directory, a device, another kind of namespace. Every plugin that opens the
 /// namespace answers with an error naming the path, at once, for ADD, CHECK and DEL; nothing is made or released.
-#[test]
 fn ours_netns_not_a_namespace() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -572,15 +560,12 @@ fn ours_netns_not_a_namespace() {
 /// anything, so a `MAC` given alongside is never silently dropped. Ours refuses it the same way (code 2, as
 /// host-local's CNI_ARGS errors); with `IgnoreUnknown=1` the MAC is used. A layer-2 bridge (no IPAM), so that no
 /// IPAM plugin's own CNI_ARGS check gets there first.
-#[test]
 fn bridge_cni_args_unknown_key() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let mac = "0a:58:0a:f4:06:42";
     let l2 = json!({"type": "bridge", "bridge": BR});
     let mut imps = vec![Impl::ours()];
-    imps.extend(Impl::reference());
+    imps.push(Impl::reference());
     for imp in imps {
         let sb = Sandbox::new();
         let pod = sb.pod(0);
@@ -625,13 +610,10 @@ fn bridge_cni_args_unknown_key() {
 /// bridge's `ipam` must be an object with a string `type`: anything else is refused before anything is made (the
 /// reference fails to decode it); absent, `null`, `{}` and an empty type mean a layer-2 attachment without
 /// addresses, as in the reference.
-#[test]
 fn bridge_ipam_shape() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let mut imps = vec![Impl::ours()];
-    imps.extend(Impl::reference());
+    imps.push(Impl::reference());
     for imp in imps {
         let sb = Sandbox::new();
         let pod = sb.pod(0);
@@ -698,3 +680,15 @@ fn bridge_ipam_shape() {
         }
     }
 }
+
+testkit::main!(
+    flannel_without_subnet_env,
+    flannel_bad_subnet_env,
+    flannel_bad_delegate,
+    ours_invalid_ids,
+    ours_ifname_the_kernel_would_rewrite,
+    ours_netns_not_a_namespace,
+    bridge_cni_args_unknown_key,
+    bridge_ipam_shape,
+; ours::tests(), reference::tests()
+);

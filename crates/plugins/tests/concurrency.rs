@@ -94,28 +94,19 @@ fn concurrent(imp: &Impl, flannel: bool) {
     wait_no_veths(&sb.node.name);
 }
 
-#[test]
 fn ours_concurrent_adds() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     concurrent(&Impl::ours(), false);
 }
 
-#[test]
 fn ours_flannel_concurrent_adds() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     concurrent(&Impl::ours(), true);
 }
 
-#[test]
 fn reference_concurrent_adds() {
-    if !is_root() {
-        return;
-    }
-    let Some(imp) = Impl::reference() else { return };
+    require_root();
+    let imp = Impl::reference();
     concurrent(&imp, false);
 }
 
@@ -205,30 +196,21 @@ fn sigkill_during_add(imp: &Impl, flannel: bool) {
     );
 }
 
-#[test]
 fn ours_sigkill_during_add() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     sigkill_during_add(&Impl::ours(), false);
 }
 
-#[test]
 fn ours_flannel_sigkill_during_add() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     sigkill_during_add(&Impl::ours(), true);
 }
 
 /// The reference under the same faults (no GC there). v1.1.1 can leave an empty reservation file when killed
 /// between creating and writing it; that is reported, not failed, since it is the behaviour we improve on.
-#[test]
 fn reference_sigkill_during_add() {
-    if !is_root() {
-        return;
-    }
-    let Some(imp) = Impl::reference() else { return };
+    require_root();
+    let imp = Impl::reference();
     let r = std::panic::catch_unwind(|| sigkill_during_add(&imp, false));
     if let Err(e) = r {
         let msg = e
@@ -243,3 +225,12 @@ fn reference_sigkill_during_add() {
         }
     }
 }
+
+testkit::main!(
+    ours_concurrent_adds,
+    ours_flannel_concurrent_adds,
+    reference_concurrent_adds,
+    ours_sigkill_during_add,
+    ours_flannel_sigkill_during_add,
+    reference_sigkill_during_add,
+);

@@ -117,19 +117,25 @@ fn del_after_partial_add(imp: &Impl) {
     wait_no_veths(&sb.node.name);
 }
 
+/// Each check against ours and against the reference plugins, as `ours::<check>` and `reference::<check>`.
 macro_rules! both {
     ($($name:ident,)*) => {
         mod ours {
             use super::*;
-            $(#[test] fn $name() { if !is_root() { return; } super::$name(&Impl::ours()); })*
+            $(fn $name() { require_root(); super::$name(&Impl::ours()); })*
+            pub fn tests() -> Vec<testkit::Test> {
+                vec![$(testkit::Test { name: concat!("ours::", stringify!($name)), run: $name }),*]
+            }
         }
         mod reference {
             use super::*;
-            $(#[test] fn $name() {
-                if !is_root() { return; }
-                let Some(imp) = Impl::reference() else { return };
-                super::$name(&imp);
+            $(fn $name() {
+                require_root();
+                super::$name(&Impl::reference());
             })*
+            pub fn tests() -> Vec<testkit::Test> {
+                vec![$(testkit::Test { name: concat!("reference::", stringify!($name)), run: $name }),*]
+            }
         }
     };
 }
@@ -143,11 +149,8 @@ both! {
 
 /// flannel: DEL twice, DEL after the netns is gone, DEL when only the cache file exists (killed after caching,
 /// before delegating), DEL after a delegate ADD that failed.
-#[test]
 fn flannel_del_idempotence() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let imp = Impl::ours();
     let sb = Sandbox::new();
     let pods = sb.pods(3);
@@ -197,11 +200,8 @@ fn flannel_del_idempotence() {
 }
 
 /// flannel whose delegate ADD fails (a /30 with its only address taken): the runtime's DEL cleans everything.
-#[test]
 fn flannel_del_after_failed_delegate() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let rt = sb.runtime(&Impl::ours());
     let net = flannel_net(&sb, "1.0.0");
@@ -240,11 +240,8 @@ fn flannel_del_after_failed_delegate() {
 /// flannel with a delegate cache that is there but unparsable (emptied or cut off by a disk fault): DEL renders the
 /// delegate config from subnet.env again and releases the address and the veth. With subnet.env gone too, DEL
 /// still releases them (flannel's own teardown, with the network's ipam settings) and drops the unusable file.
-#[test]
 fn flannel_del_with_empty_cache() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pods = sb.pods(2);
     let rt = sb.runtime(&Impl::ours());
@@ -305,11 +302,8 @@ fn del_refuses_loopback(imp: &Impl) {
 /// The state a DEL killed between renaming the pod interface out of the way and deleting it leaves behind: the
 /// pod end down under its tombstone name, the host end still a port of the bridge. The runtime's retried DEL
 /// must find and remove it although nothing is called `CNI_IFNAME` any more.
-#[test]
 fn bridge_del_retry_finds_renamed_interface() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let imp = Impl::ours();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
@@ -333,11 +327,8 @@ const DEL_KILLS: usize = 20;
 
 /// DEL SIGKILLed after 0–8 ms, then retried as a runtime does: the retry succeeds and nothing of the attachment
 /// is left, wherever the kill landed.
-#[test]
 fn bridge_sigkill_during_del() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let imp = Impl::ours();
     let sb = Sandbox::new();
     let rt = sb.runtime(&imp);
@@ -391,11 +382,8 @@ fn firewall_mentions(node: &str, needle: &str) -> Vec<String> {
 /// bridge DEL runs every teardown step even when one fails: with its IPAM plugin missing, the pod interface, the
 /// masquerade rules and the macspoofchk chains still go, and the one error names the failed step. The retry with
 /// the IPAM plugin back releases the address.
-#[test]
 fn bridge_del_does_every_step() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let imp = Impl::ours();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
@@ -441,11 +429,8 @@ fn bridge_del_does_every_step() {
 
 /// flannel GC runs both of its steps whatever happens to the other: with its delegate failing (a delegate type
 /// that is not installed), the stale delegate caches are still swept, and the error names the delegate.
-#[test]
 fn flannel_gc_does_every_step() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let rt = sb.runtime(&Impl::ours());
     let mut net = flannel_net(&sb, "1.1.0");
@@ -468,11 +453,8 @@ fn flannel_gc_does_every_step() {
 
 /// flannel CHECK with a delegate cache that is valid JSON but not a delegate config (not an object, or an object
 /// without a string `type`): an error, never a panic. DEL still releases the attachment afterwards.
-#[test]
 fn flannel_check_with_a_foreign_cache() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -523,11 +505,8 @@ fn flannel_second_net(sb: &Sandbox, version: &str) -> Net {
 
 /// One container with two flannel attachments (eth0 and net1, as Multus makes them), here from two flannel
 /// networks sharing the default cache directory: each DEL releases its own attachment, in either order.
-#[test]
 fn flannel_two_attachments_of_one_container() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let rt = sb.runtime(&Impl::ours());
     let a = flannel_net(&sb, "1.0.0");
@@ -583,11 +562,8 @@ fn flannel_two_attachments_of_one_container() {
 /// A cache upstream flannel (or an earlier version) wrote under the container ID alone is still found: CHECK uses
 /// it, DEL releases the attachment with it and removes it, and GC keeps it exactly while the container has a
 /// valid attachment. The per-attachment name is kept for (container, ifname) pairs GC is told are valid.
-#[test]
 fn flannel_reads_the_container_id_only_cache() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -641,11 +617,8 @@ fn flannel_reads_the_container_id_only_cache() {
 /// (`delegate.type: "x"`); the cache written before delegating must not make every DEL fail the same way, or the
 /// pod never finishes terminating. DEL succeeds, twice, and nothing is left. Also when the delegate refuses a
 /// cache that did make an attachment (edited after ADD): DEL still releases the address and the interface.
-#[test]
 fn flannel_del_after_a_refused_delegate_config() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let sb = Sandbox::new();
     let rt = sb.runtime(&Impl::ours());
     let data = sb.path("ipam");
@@ -699,3 +672,18 @@ fn flannel_del_after_a_refused_delegate_config() {
         assert!(!path.exists(), "{edit:?}: cache left");
     }
 }
+
+testkit::main!(
+    flannel_del_idempotence,
+    flannel_del_after_failed_delegate,
+    flannel_del_with_empty_cache,
+    bridge_del_retry_finds_renamed_interface,
+    bridge_sigkill_during_del,
+    bridge_del_does_every_step,
+    flannel_gc_does_every_step,
+    flannel_check_with_a_foreign_cache,
+    flannel_two_attachments_of_one_container,
+    flannel_reads_the_container_id_only_cache,
+    flannel_del_after_a_refused_delegate_config,
+; ours::tests(), reference::tests()
+);

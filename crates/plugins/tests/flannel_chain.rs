@@ -157,28 +157,19 @@ fn flannel_four_pods(version: &str) {
     }
 }
 
-#[test]
 fn flannel_chain_0_3_1() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     // The version of the upstream manifest's conflist.
     flannel_four_pods("0.3.1");
 }
 
-#[test]
 fn flannel_chain_1_0_0() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     flannel_four_pods("1.0.0");
 }
 
-#[test]
 fn flannel_chain_1_1_0() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     flannel_four_pods("1.1.0");
 }
 
@@ -201,15 +192,9 @@ fn spy_bridge(dir: &Path, log: &Path) -> PathBuf {
 
 /// Our flannel with `CNI_PATH` = the reference plugins first, then ours: `bridge` and `host-local` are the
 /// reference ones (exec'd, not run in-process), and pods still reach each other.
-#[test]
 fn ours_flannel_delegates_to_reference_bridge() {
-    if !is_root() {
-        return;
-    }
-    let Some(reference) = Impl::reference() else {
-        eprintln!("SKIP: no reference bridge to delegate to");
-        return;
-    };
+    require_root();
+    let reference = Impl::reference();
     let ours = Impl::ours();
     let sb = Sandbox::new();
     let pods = sb.pods(3);
@@ -259,14 +244,9 @@ fn ours_flannel_delegates_to_reference_bridge() {
 
 /// host-local state is shared with the reference: an IP one allocates the other releases, and round-robin
 /// allocation continues across them (`last_reserved_ip.0`).
-#[test]
 fn host_local_interop_with_reference() {
-    if !is_root() {
-        return;
-    }
-    let Some(reference) = Impl::reference() else {
-        return;
-    };
+    require_root();
+    let reference = Impl::reference();
     let ours = Impl::ours();
     let sb = Sandbox::new();
     let pods = sb.pods(4);
@@ -340,14 +320,9 @@ fn host_local_interop_with_reference() {
 
 /// Baseline for the harness: the topology flannel builds, made by the reference `loopback` + `bridge` directly
 /// with the delegate configuration flannel renders. Must pass whatever state our plugins are in.
-#[test]
 fn reference_bridge_chain_pings() {
-    if !is_root() {
-        return;
-    }
-    let Some(reference) = Impl::reference() else {
-        return;
-    };
+    require_root();
+    let reference = Impl::reference();
     let sb = Sandbox::new();
     let pods = sb.pods(4);
     let rt = sb.runtime(&reference);
@@ -393,3 +368,12 @@ fn reference_bridge_chain_pings() {
     assert!(veths(&sb.node.name).is_empty());
     assert!(ip_files(&data, "cbr0").is_empty());
 }
+
+testkit::main!(
+    flannel_chain_0_3_1,
+    flannel_chain_1_0_0,
+    flannel_chain_1_1_0,
+    ours_flannel_delegates_to_reference_bridge,
+    host_local_interop_with_reference,
+    reference_bridge_chain_pings,
+);

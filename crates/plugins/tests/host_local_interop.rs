@@ -13,14 +13,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 const OURS: &str = env!("CARGO_BIN_EXE_host-local");
 const REFERENCE: &str = "/usr/lib/cni/host-local";
 
-/// The reference binary, or `None` after printing why the test is skipped.
-fn reference() -> Option<&'static str> {
-    if Path::new(REFERENCE).exists() {
-        Some(REFERENCE)
-    } else {
-        eprintln!("note: {REFERENCE} is absent; skipping the interop part of this test");
-        None
-    }
+/// The reference binary (containernetworking-plugins, which scripts/deps.sh installs: missing fails).
+fn reference() -> &'static str {
+    assert!(
+        Path::new(REFERENCE).exists(),
+        "{REFERENCE} is missing: install containernetworking-plugins (scripts/deps.sh does)"
+    );
+    REFERENCE
 }
 
 /// A unique directory removed on drop.
@@ -141,9 +140,8 @@ fn record(dir: &Path, ip: &str) -> Option<Vec<u8>> {
     fs::read(dir.join(ip)).ok()
 }
 
-#[test]
 fn reference_adds_ours_deletes() {
-    let Some(refbin) = reference() else { return };
+    let refbin = reference();
     let d = TempDir::new("ref-ours");
     let c = d.conf("1.0.0", json!({"subnet": "10.250.0.0/24"}));
     let ip = exec(refbin, "ADD", "ctr1", &c).ip();
@@ -156,9 +154,8 @@ fn reference_adds_ours_deletes() {
     assert!(!exec(OURS, "CHECK", "ctr1", &c).ok);
 }
 
-#[test]
 fn ours_adds_reference_deletes() {
-    let Some(refbin) = reference() else { return };
+    let refbin = reference();
     let d = TempDir::new("ours-ref");
     let c = d.conf(
         "1.0.0",
@@ -188,9 +185,8 @@ fn ours_adds_reference_deletes() {
 
 /// Alternating ADDs share `last_reserved_ip.0`: addresses come out in sequence across both binaries, the
 /// records and the cursor are byte-identical in format, and the wrap-around after exhaustion agrees.
-#[test]
 fn interleaved_allocations_share_cursor_and_format() {
-    let Some(refbin) = reference() else { return };
+    let refbin = reference();
     let d = TempDir::new("interleave");
     let c = d.conf("1.0.0", json!({"subnet": "10.252.0.0/28"}));
     let mut seen = HashSet::new();
@@ -231,9 +227,8 @@ fn interleaved_allocations_share_cursor_and_format() {
     assert_eq!(exec(refbin, "ADD", "again2", &c).ip(), "10.252.0.7");
 }
 
-#[test]
 fn results_match_reference() {
-    let Some(refbin) = reference() else { return };
+    let refbin = reference();
     let rc = TempDir::new("rc");
     let resolv = rc.0.join("resolv.conf");
     fs::write(
@@ -272,17 +267,13 @@ fn results_match_reference() {
 }
 
 /// 16 processes of each implementation started at once on one network never hand out the same address.
-#[test]
 fn concurrent_processes_never_collide() {
     let refbin = reference();
     let d = TempDir::new("conc");
     let c = d.conf("1.0.0", json!({"subnet": "10.254.0.0/24"}));
     let children: Vec<Child> = (0..32)
         .map(|i| {
-            let bin = match refbin {
-                Some(r) if i % 2 == 1 => r,
-                _ => OURS,
-            };
+            let bin = if i % 2 == 1 { refbin } else { OURS };
             start(bin, "ADD", &format!("c{i}"), "eth0", &c, "")
         })
         .collect();
@@ -299,7 +290,6 @@ fn concurrent_processes_never_collide() {
 
 /// ADDs killed at arbitrary moments leave at most records carrying their own container ID, so one DEL
 /// per container empties the network again.
-#[test]
 fn killed_adds_leave_only_releasable_records() {
     let d = TempDir::new("kill");
     let c = d.conf("1.0.0", json!({"subnet": "10.246.0.0/24"}));
@@ -336,7 +326,6 @@ fn killed_adds_leave_only_releasable_records() {
     assert!(left.is_empty(), "{left:?}");
 }
 
-#[test]
 fn legacy_records_released_by_ours() {
     let d = TempDir::new("legacy");
     let c = d.conf("1.0.0", json!({"subnet": "10.249.0.0/24"}));
@@ -347,7 +336,6 @@ fn legacy_records_released_by_ours() {
     assert!(record(&d.net(), "10.249.0.9").is_none());
 }
 
-#[test]
 fn gc_and_status_by_exec() {
     let d = TempDir::new("gc");
     let c10 = d.conf("1.0.0", json!({"subnet": "10.248.0.0/24"}));
@@ -368,7 +356,6 @@ fn gc_and_status_by_exec() {
     assert!(st.ok, "{st:?}");
 }
 
-#[test]
 fn error_codes_on_stdout() {
     let d = TempDir::new("errors");
     let small = d.conf("1.0.0", json!({"subnet": "10.247.0.0/31"}));
@@ -418,3 +405,15 @@ fn error_codes_on_stdout() {
         "{out:?}"
     );
 }
+
+testkit::main!(
+    reference_adds_ours_deletes,
+    ours_adds_reference_deletes,
+    interleaved_allocations_share_cursor_and_format,
+    results_match_reference,
+    concurrent_processes_never_collide,
+    killed_adds_leave_only_releasable_records,
+    legacy_records_released_by_ours,
+    gc_and_status_by_exec,
+    error_codes_on_stdout,
+);

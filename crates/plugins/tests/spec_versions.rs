@@ -129,20 +129,27 @@ fn lifecycle(imp: &Impl, v: &str) {
         .unwrap_or_else(|o| panic!("second DEL {v}: {o:?}"));
 }
 
+/// The lifecycle at each spec version, against ours and the reference plugins (`ours::v1_0_0`, ...).
 macro_rules! versions {
     ($($name:ident => $v:expr,)*) => {
         mod ours {
             use super::*;
-            $(#[test] fn $name() { if !is_root() { return; } lifecycle(&Impl::ours(), $v); })*
+            $(fn $name() { require_root(); lifecycle(&Impl::ours(), $v); })*
+            pub fn tests() -> Vec<testkit::Test> {
+                vec![$(testkit::Test { name: concat!("ours::", stringify!($name)), run: $name }),*]
+            }
         }
         mod reference {
             use super::*;
-            $(#[test] fn $name() {
-                if !is_root() { return; }
-                let Some(imp) = Impl::reference() else { return };
-                if !imp.speaks($v) { eprintln!("SKIP: reference plugins do not speak {}", $v); return; }
+            $(fn $name() {
+                require_root();
+                let imp = Impl::reference();
+                testkit::require(imp.speaks($v), &format!("the installed reference plugins do not speak {}", $v));
                 lifecycle(&imp, $v);
             })*
+            pub fn tests() -> Vec<testkit::Test> {
+                vec![$(testkit::Test { name: concat!("reference::", stringify!($name)), run: $name }),*]
+            }
         }
     };
 }
@@ -158,11 +165,8 @@ versions! {
 
 /// 1.1.0: STATUS succeeds; GC releases the IPs of attachments not in `cni.dev/valid-attachments` and keeps the
 /// others; DEL after GC still succeeds.
-#[test]
 fn ours_gc_and_status() {
-    if !is_root() {
-        return;
-    }
+    require_root();
     let imp = Impl::ours();
     let sb = Sandbox::new();
     let pods = sb.pods(3);
@@ -234,14 +238,9 @@ fn ours_gc_and_status() {
 
 /// The same configuration gives the same result shape from our plugins and the reference ones (per version), up to
 /// names and MACs.
-#[test]
 fn result_shape_matches_reference() {
-    if !is_root() {
-        return;
-    }
-    let Some(reference) = Impl::reference() else {
-        return;
-    };
+    require_root();
+    let reference = Impl::reference();
     for v in ["0.2.0", "0.3.1", "0.4.0", "1.0.0"] {
         let shapes: Vec<Value> = [Impl::ours(), reference.clone()]
             .iter()
@@ -289,3 +288,9 @@ fn shape(v: &Value) -> Value {
         x => x.clone(),
     }
 }
+
+testkit::main!(
+    ours_gc_and_status,
+    result_shape_matches_reference,
+; ours::tests(), reference::tests()
+);

@@ -114,16 +114,20 @@ pub fn run(tests: Vec<Test>) -> ! {
     libtest_mimic::run(&args, trials).exit()
 }
 
-/// The `main` of a test binary with `harness = false`: lists its tests.
+/// The `main` of a test binary with `harness = false`: lists its tests, and after a `;` any expressions giving
+/// more (`Vec<Test>`, for tests a macro generates).
 ///
 /// ```text
-/// testkit::main!(vxlan_three_nodes_full_mesh, host_gw_routes_via_public_ips);
+/// testkit::main!(vxlan_three_nodes_full_mesh, host_gw_routes_via_public_ips; ours::tests(), reference::tests());
 /// ```
 #[macro_export]
 macro_rules! main {
-    ($($test:ident),+ $(,)?) => {
+    ($($test:ident),* $(,)? $(; $($more:expr),+ $(,)?)?) => {
         fn main() {
-            $crate::run(vec![$($crate::Test { name: stringify!($test), run: $test }),+])
+            #[allow(unused_mut)]
+            let mut tests = vec![$($crate::Test { name: stringify!($test), run: $test }),*];
+            $($(tests.extend($more);)+)?
+            $crate::run(tests)
         }
     };
 }

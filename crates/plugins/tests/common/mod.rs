@@ -34,14 +34,9 @@ pub const VERSIONS: &[&str] = &["0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.
 // Preconditions
 // ------------------------------------------------------------------------------------------------
 
-/// Whether we run as root; prints a skip note when not.
-pub fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        eprintln!("SKIP: this test needs root (network namespaces, veths, bridges)");
-        false
-    }
+/// Stops the test as not run without root (testkit's policy: never counted as passed).
+pub fn require_root() {
+    testkit::require_root();
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -233,21 +228,23 @@ impl Impl {
         }
     }
 
-    /// Debian's reference plugins, if installed (prints a skip note otherwise).
-    pub fn reference() -> Option<Self> {
+    /// Debian's reference plugins (containernetworking-plugins, which scripts/deps.sh installs: missing fails).
+    pub fn reference() -> Self {
         let dir = PathBuf::from(REFERENCE_DIR);
         if dir.join("bridge").exists()
             && dir.join("host-local").exists()
             && dir.join("loopback").exists()
         {
-            Some(Self {
+            Self {
                 label: "reference",
                 dir,
                 reference: true,
-            })
+            }
         } else {
-            eprintln!("SKIP: reference plugins not found in {REFERENCE_DIR}");
-            None
+            panic!(
+                "the reference plugins are missing in {REFERENCE_DIR}: install containernetworking-plugins \
+                 (scripts/deps.sh does)"
+            )
         }
     }
 
