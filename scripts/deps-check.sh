@@ -44,7 +44,7 @@ if ((!$#)); then
 fi
 command -v strace >/dev/null || { echo "deps-check: strace is not installed (scripts/deps.sh installs it)" >&2; exit 2; }
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+trap "${DEPS_CHECK_KEEP:+: }rm -rf \"$work\"" EXIT
 
 # Only the first path argument of each call matters; keep the system ones, once each, as the trace streams by
 # (a full test run makes millions of calls: the raw trace is never written out).
@@ -63,9 +63,15 @@ set -e
 # strace's output pipe is closed when strace exits; give the filter a moment to flush.
 for _ in 1 2 3 4 5 6 7 8 9 10; do [ -s "$work/used" ] && break; sleep 0.2; done
 
+# Paths as the programs wrote them can hold ".." (ld opens /usr/bin/../lib/bfd-plugins/...): normalise them, without
+# resolving symlinks yet.
+while IFS= read -r p; do realpath -ms -- "$p"; done <"$work/used" | sort -u >"$work/norm"
+
 # Files programs read when they are there and do without otherwise (glibc's locale aliases and archives, message
-# catalogues, debug symbols a backtrace looks up): using them proves no dependency.
-optional='^/etc/locale\.alias$|^/usr/lib/locale/|^/usr/share/locale/|^/usr/share/i18n/|^/usr/lib/debug/'
+# catalogues, debug symbols a backtrace looks up, and the linker plugins binutils' ld and ar load from bfd-plugins,
+# such as LLVMgold from an installed LLVM): using them proves no dependency. What such a file pulls in with it
+# (LLVMgold loads libLLVM, libxml2, ...) is allowed too: the owners of the optional files join the closure below.
+optional='^/etc/locale\.alias$|^/usr/lib/locale/|^/usr/share/locale/|^/usr/share/i18n/|^/usr/lib/debug/|^/usr/lib/bfd-plugins/'
 # Merged /usr: dpkg lists /bin/x, /lib/x for files that live under /usr; compare in one form.
 canon='function canon(p) { if (p ~ /^\/(bin|sbin|lib|lib32|lib64|libx32)\//) p = "/usr" p; return p }'
 # Every used path, and what it resolves to (an alternatives symlink belongs to nobody; its target does).
@@ -75,7 +81,7 @@ while IFS= read -r p; do
   [ -d "$p" ] && continue
   printf '%s\n' "$p"
   if r=$(realpath -e -- "$p" 2>/dev/null) && [ "$r" != "$p" ]; then printf '%s\n' "$r"; fi
-done < <(grep -Ev "$optional" "$work/used" || true) | awk "$canon"'{ print canon($0) }' | sort -u >"$work/paths"
+done < <(grep -Ev "$optional" "$work/norm" || true) | awk "$canon"'{ print canon($0) }' | sort -u >"$work/paths"
 
 # File → package, from dpkg's lists.
 awk "$canon"'{ f = FILENAME; sub(/.*\//, "", f); sub(/\.list$/, "", f); sub(/:.*/, "", f); print canon($0) "\t" f }' \
@@ -83,13 +89,24 @@ awk "$canon"'{ f = FILENAME; sub(/.*\//, "", f); sub(/\.list$/, "", f); sub(/:.*
 awk -F'\t' 'NR == FNR { want[$0] = 1; next } ($1 in want) { print $2 "\t" $1 }' "$work/paths" "$work/index" |
   sort -u -k1,1 >"$work/usedpkgs"   # one example path per package
 
-# Allowed packages: the list, its dependency closure among installed packages, and the base system.
+# Owners of the optional files that were used (resolved through their symlinks, as above).
+while IFS= read -r p; do
+  [ -d "$p" ] && continue
+  printf '%s\n' "$p"
+  if r=$(realpath -e -- "$p" 2>/dev/null) && [ "$r" != "$p" ]; then printf '%s\n' "$r"; fi
+done < <(grep -E "$optional" "$work/norm" || true) | awk "$canon"'{ print canon($0) }' | sort -u >"$work/optpaths"
+awk -F'\t' 'NR == FNR { want[$0] = 1; next } ($1 in want) { print $2 }' "$work/optpaths" "$work/index" |
+  sort -u >"$work/optpkgs"
+
+# Allowed packages: the list, its dependency closure among installed packages, and the base system (and what the
+# optional files came with).
 sed -e 's/#.*//' "$packages" | tr -s ' \t' '\n' | sed '/^$/d' | sort -u >"$work/list"
 dpkg-query -W -f='${db:Status-Abbrev}\t${Package}\t${Essential}\t${Priority}\t${Provides}\t${Pre-Depends}, ${Depends}\n' \
   >"$work/status"
 awk -F'\t' '
   function bare(s) { gsub(/\([^)]*\)/, "", s); gsub(/:[a-z0-9]+/, "", s); gsub(/[ \t]/, "", s); return s }
-  NR == FNR { list[$0] = 1; next }
+  FILENAME == optfile { opt[$0] = 1; next }
+  FILENAME == listfile { list[$0] = 1; next }
   $1 ~ /^ii/ {
     pkg = $2; installed[pkg] = 1
     if ($3 == "yes" || $4 == "required") base[pkg] = 1
@@ -100,6 +117,7 @@ awk -F'\t' '
     for (p in list) if (!(p in installed)) { print "deps-check: " p " (in the package list) is not installed: run scripts/deps.sh" > "/dev/stderr"; bad = 1 }
     for (p in list) if (p in installed) { queue[++qn] = p; allowed[p] = 1 }
     for (p in base) if (!(p in allowed)) { queue[++qn] = p; allowed[p] = 1 }
+    for (p in opt) if ((p in installed) && !(p in allowed)) { queue[++qn] = p; allowed[p] = 1 }
     for (qi = 1; qi <= qn; qi++) {
       n = split(deps[queue[qi]], groups, ",")
       for (g = 1; g <= n; g++) {
@@ -114,7 +132,8 @@ awk -F'\t' '
     }
     for (p in allowed) print p
     exit bad
-  }' "$work/list" "$work/status" | sort -u >"$work/allowed" || exit 1
+  }' optfile="$work/optpkgs" listfile="$work/list" "$work/optpkgs" "$work/list" "$work/status" |
+  sort -u >"$work/allowed" || exit 1
 
 missing=$(awk -F'\t' 'NR == FNR { ok[$0] = 1; next } !($1 in ok) { print }' "$work/allowed" "$work/usedpkgs")
 used=$(wc -l <"$work/usedpkgs")
