@@ -57,8 +57,14 @@ impl fmt::Display for Claim {
 /// The backend's part of admission: its lease type and data.
 pub trait PeerRules {
     /// Checks the backend-specific part of a peer's lease (`BackendType`, `BackendData`), fills in what the backend
-    /// needs from it, and returns what the peer claims exclusively; `Err` is the reason to refuse the lease.
-    fn admit_peer(&self, lease: &Lease, peer: &mut Peer) -> Result<Vec<Claim>, String>;
+    /// needs from it, and appends what the peer claims exclusively to `claims`; `Err` is the reason to refuse the
+    /// lease (what was appended is then ignored).
+    fn admit_peer(
+        &self,
+        lease: &Lease,
+        peer: &mut Peer,
+        claims: &mut Vec<Claim>,
+    ) -> Result<(), String>;
 
     /// What this node holds exclusively besides its subnets (its own VTEP MACs).
     fn own_claims(&self) -> Vec<Claim>;
@@ -122,7 +128,6 @@ impl NetworkRules {
             ipv6_subnet,
             public_ip,
             public_ipv6,
-            backend_type: lease.attrs.backend_type.clone(),
             vtep_mac: None,
             vtep_v6_mac: None,
         })
@@ -239,22 +244,6 @@ pub struct Refusal {
     pub reason: String,
 }
 
-/// Who holds a claim.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holder {
-    ThisNode,
-    Lease(SubnetKey),
-}
-
-impl fmt::Display for Holder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Holder::ThisNode => f.write_str("this node"),
-            Holder::Lease(k) => write!(f, "lease {k}"),
-        }
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 struct Accepted {
     /// Order of first admission (lower wins a claim).
@@ -270,6 +259,41 @@ pub struct Admitted {
     pub peers: Vec<Peer>,
     /// Their keys, sorted (the same order).
     pub keys: Vec<SubnetKey>,
+    /// What changed since the last pass, for [`Admitted::log_changes`].
+    pub changes: Vec<Change>,
+}
+
+/// A peer that came, changed or left since the last pass (an index into [`Admitted::peers`], or the key).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Change {
+    /// Admitted for the first time (or again).
+    Added(usize),
+    /// Admitted before, with other data now.
+    Changed(usize),
+    /// Admitted before, gone or refused now.
+    Removed(SubnetKey),
+}
+
+impl Admitted {
+    /// One line per peer that came, changed or left ("subnet added: 10.244.3.0/24 via 192.0.2.3"). The daemon
+    /// calls it after the kernel pass: thousands of peers arriving at once must not wait for their log lines.
+    pub fn log_changes(&self) {
+        for c in &self.changes {
+            match *c {
+                Change::Added(i) => {
+                    if let Some(p) = self.peers.get(i) {
+                        log_peer("subnet added", p)
+                    }
+                }
+                Change::Changed(i) => {
+                    if let Some(p) = self.peers.get(i) {
+                        log_peer("subnet changed", p)
+                    }
+                }
+                Change::Removed(key) => info!(lease = %key, "subnet removed: {}", key.cidrs()),
+            }
+        }
+    }
 }
 
 /// The admission state across passes: who was admitted first, what was refused and logged.
@@ -317,19 +341,36 @@ impl Admission {
         leases: &BTreeMap<SubnetKey, Lease>,
         backend: &dyn PeerRules,
     ) -> Admitted {
-        // 1. Each lease on its own: network rules, then the backend's.
-        let mut candidates: Vec<(SubnetKey, &Lease, Peer, Vec<Claim>)> = Vec::new();
+        // 1. Each lease on its own: network rules, then the backend's. The claims of every candidate share one
+        // vector (a pass over thousands of leases should not make thousands of small ones).
+        struct Candidate<'l> {
+            key: SubnetKey,
+            lease: &'l Lease,
+            peer: Peer,
+            claims: std::ops::Range<usize>,
+            fingerprint: u64,
+        }
+        let mut candidates: Vec<Candidate> = Vec::with_capacity(leases.len());
+        let mut claims: Vec<Claim> = Vec::with_capacity(leases.len() * 3);
         let mut refused: BTreeMap<SubnetKey, Refusal> = BTreeMap::new();
         for (key, lease) in leases {
+            let start = claims.len();
             let checked = self.rules.peer(lease).and_then(|mut peer| {
-                let mut claims = backend.admit_peer(lease, &mut peer)?;
+                backend.admit_peer(lease, &mut peer, &mut claims)?;
                 claims.extend(peer.subnet.map(Claim::Subnet4));
                 claims.extend(peer.ipv6_subnet.map(Claim::Subnet6));
-                Ok((peer, claims))
+                Ok(peer)
             });
             match checked {
-                Ok((peer, claims)) => candidates.push((*key, lease, peer, claims)),
+                Ok(peer) => candidates.push(Candidate {
+                    key: *key,
+                    lease,
+                    fingerprint: fingerprint(&peer),
+                    peer,
+                    claims: start..claims.len(),
+                }),
                 Err(reason) => {
+                    claims.truncate(start);
                     refused.insert(
                         *key,
                         Refusal {
@@ -342,44 +383,49 @@ impl Admission {
         }
 
         // 2. Who competes first for a claim: unchanged admitted peers in admission order, then the rest by age.
-        let prior = |key: &SubnetKey, peer: &Peer| {
-            self.accepted
-                .get(key)
-                .filter(|a| a.fingerprint == fingerprint(peer))
-                .map(|a| a.seq)
-        };
-        candidates.sort_by_cached_key(|(key, lease, peer, _)| {
+        candidates.sort_by_cached_key(|c| {
+            let prior = self
+                .accepted
+                .get(&c.key)
+                .filter(|a| a.fingerprint == c.fingerprint)
+                .map(|a| a.seq);
             (
-                prior(key, peer).unwrap_or(u64::MAX),
-                lease.created,
-                lease.revision,
-                *key,
+                prior.unwrap_or(u64::MAX),
+                c.lease.created,
+                c.lease.revision,
+                c.key,
             )
         });
 
-        // 3. First come, first served; this node holds its own claims before anyone.
-        let mut holders: HashMap<Claim, Holder> = HashMap::new();
+        // 3. First come, first served; this node holds its own claims before anyone. A holder is the key of the
+        // lease holding the claim, or `None` for this node.
+        let mut holders: HashMap<Claim, Option<SubnetKey>> =
+            HashMap::with_capacity(claims.len() + 4);
         for c in self.own.iter().copied().chain(backend.own_claims()) {
-            holders.insert(c, Holder::ThisNode);
+            holders.insert(c, None);
         }
         let mut accepted: HashMap<SubnetKey, Accepted> = HashMap::with_capacity(candidates.len());
         let mut admitted: Vec<(SubnetKey, Peer)> = Vec::with_capacity(candidates.len());
-        for (key, lease, peer, claims) in candidates {
-            if let Some((c, h)) = claims.iter().find_map(|c| holders.get(c).map(|h| (*c, *h))) {
+        for cand in candidates {
+            let mine = claims.get(cand.claims.clone()).unwrap_or_default();
+            if let Some((c, h)) = mine.iter().find_map(|c| holders.get(c).map(|h| (*c, *h))) {
+                let by = match h {
+                    None => "this node".to_string(),
+                    Some(k) => format!("lease {k}"),
+                };
                 refused.insert(
-                    key,
+                    cand.key,
                     Refusal {
-                        revision: lease.revision,
-                        reason: format!("{c} is already announced by {h}"),
+                        revision: cand.lease.revision,
+                        reason: format!("{c} is already announced by {by}"),
                     },
                 );
                 continue;
             }
-            for c in claims {
-                holders.insert(c, Holder::Lease(key));
+            for c in mine {
+                holders.insert(*c, Some(cand.key));
             }
-            let fp = fingerprint(&peer);
-            let seq = match self.accepted.get(&key) {
+            let seq = match self.accepted.get(&cand.key) {
                 Some(a) => a.seq,
                 None => {
                     self.next_seq += 1;
@@ -387,13 +433,13 @@ impl Admission {
                 }
             };
             accepted.insert(
-                key,
+                cand.key,
                 Accepted {
                     seq,
-                    fingerprint: fp,
+                    fingerprint: cand.fingerprint,
                 },
             );
-            admitted.push((key, peer));
+            admitted.push((cand.key, cand.peer));
         }
         admitted.sort_by_key(|(k, _)| *k);
 
@@ -403,30 +449,35 @@ impl Admission {
                 warn!(lease = %key, revision = r.revision, "refusing lease: {}; it is not programmed", r.reason);
             }
         }
-        for (key, peer) in &admitted {
+        let mut changes = Vec::new();
+        for (i, (key, _)) in admitted.iter().enumerate() {
             match self.accepted.get(key) {
-                None => log_peer("subnet added", peer),
+                None => changes.push(Change::Added(i)),
                 Some(a)
                     if accepted
                         .get(key)
                         .is_some_and(|n| n.fingerprint != a.fingerprint) =>
                 {
-                    log_peer("subnet changed", peer)
+                    changes.push(Change::Changed(i))
                 }
                 Some(_) => {}
             }
         }
-        for key in self.accepted.keys() {
-            if !accepted.contains_key(key) {
-                info!(lease = %key, "subnet removed: {}", key.cidrs());
-            }
-        }
+        let mut removed: Vec<SubnetKey> = self
+            .accepted
+            .keys()
+            .filter(|k| !accepted.contains_key(k))
+            .copied()
+            .collect();
+        removed.sort();
+        changes.extend(removed.into_iter().map(Change::Removed));
         self.accepted = accepted;
         self.refused = refused;
         let keys = admitted.iter().map(|(k, _)| *k).collect();
         Admitted {
             peers: admitted.into_iter().map(|(_, p)| p).collect(),
             keys,
+            changes,
         }
     }
 }
@@ -453,13 +504,19 @@ mod tests {
     }
 
     impl PeerRules for Vx {
-        fn admit_peer(&self, lease: &Lease, peer: &mut Peer) -> Result<Vec<Claim>, String> {
+        fn admit_peer(
+            &self,
+            lease: &Lease,
+            peer: &mut Peer,
+            claims: &mut Vec<Claim>,
+        ) -> Result<(), String> {
             if lease.attrs.backend_type != "vxlan" {
                 return Err(format!("backend type {:?}", lease.attrs.backend_type));
             }
             let mac = check_vtep_mac(lease.attrs.backend_data.as_ref(), "BackendData")?;
             peer.vtep_mac = Some(mac);
-            Ok(vec![Claim::VtepMac4(mac)])
+            claims.push(Claim::VtepMac4(mac));
+            Ok(())
         }
         fn own_claims(&self) -> Vec<Claim> {
             vec![Claim::VtepMac4(self.own_mac)]
@@ -599,6 +656,37 @@ mod tests {
         let got = a.admit(&set(vec![thief]), &vx());
         assert_eq!(keys(&got), vec!["10.244.3.0-24"]);
         assert!(a.refused().is_empty());
+    }
+
+    #[test]
+    fn changes_are_reported_once() {
+        let mut a = admission();
+        let l2 = lease("10.244.2.0-24", "192.0.2.2", "0e:00:00:00:00:02", 1);
+        let l3 = lease("10.244.3.0-24", "192.0.2.3", "0e:00:00:00:00:03", 2);
+        let got = a.admit(&set(vec![l2.clone(), l3.clone()]), &vx());
+        assert_eq!(got.changes.len(), 2);
+        assert!(
+            matches!(got.changes[0], Change::Added(i) if got.peers[i].public_ip == Some("192.0.2.2".parse().unwrap()))
+        );
+        // Nothing changed: nothing to say.
+        assert!(a
+            .admit(&set(vec![l2.clone(), l3.clone()]), &vx())
+            .changes
+            .is_empty());
+        // One moves, one leaves.
+        let moved = lease("10.244.2.0-24", "192.0.2.22", "0e:00:00:00:00:02", 1);
+        let got = a.admit(&set(vec![moved]), &vx());
+        assert_eq!(
+            got.changes
+                .iter()
+                .map(|c| match *c {
+                    Change::Added(_) => "added".to_string(),
+                    Change::Changed(i) => format!("changed {}", got.peers[i].public_ip.unwrap()),
+                    Change::Removed(k) => format!("removed {k}"),
+                })
+                .collect::<Vec<_>>(),
+            vec!["changed 192.0.2.22", "removed 10.244.3.0-24"]
+        );
     }
 
     #[test]

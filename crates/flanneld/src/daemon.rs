@@ -540,7 +540,7 @@ async fn reconcile_loop(mut r: Reconciler) {
             }
             // Admission reads the snapshot in place and copies out only the admitted peers (compact) and their
             // keys; the snapshot itself stays shared with the watcher and /status.
-            let (generation, revision, admitted, refused_before) = {
+            let (generation, revision, mut admitted, refused_before) = {
                 let snap = r.rx.borrow_and_update();
                 let before = r.admission.refused().len();
                 let a = r.admission.admit(&snap.leases, &r.backend);
@@ -569,6 +569,10 @@ async fn reconcile_loop(mut r: Reconciler) {
                 Err(e) => warn!(error = %e, "reconcile failed; will retry"),
             }
             last_ok = result.is_ok();
+            admitted.log_changes();
+            let keys = std::mem::take(&mut admitted.keys);
+            // The pass's copies go before the trim below, so what it hands back includes them.
+            drop(admitted);
             r.state.set_last_reconcile(health::LastReconcile {
                 generation,
                 revision,
@@ -576,7 +580,7 @@ async fn reconcile_loop(mut r: Reconciler) {
                 error: result.as_ref().err().map(|e| e.to_string()),
                 micros: took.as_micros() as u64,
                 backend_type: r.backend.type_name(),
-                keys: admitted.keys,
+                keys,
             });
             if busy {
                 crate::memory::release_free_heap();

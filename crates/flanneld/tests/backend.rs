@@ -67,7 +67,6 @@ fn vx_peer(n: u8, public: &str, mac: &str) -> Peer {
         ipv6_subnet: None,
         public_ip: Some(public.parse().unwrap()),
         public_ipv6: None,
-        backend_type: "vxlan".into(),
         vtep_mac: kernel::Mac::parse(mac),
         vtep_v6_mac: None,
     }
@@ -224,7 +223,6 @@ fn host_gw_routes_and_nat_check() {
         let mut b = Backend::new("host-gw", &json!({}), &local(ul.index)).unwrap();
         assert_eq!(b.setup(&nl).await.unwrap().mtu, 1500);
         let mut p = vx_peer(2, "192.0.2.2", "");
-        p.backend_type = "host-gw".into();
         p.vtep_mac = None;
         b.reconcile(&nl, &[p.clone()]).await.unwrap();
         assert!(ip(&["route"]).contains("10.244.2.0/24 via 192.0.2.2 dev ul0"));
@@ -260,17 +258,17 @@ fn host_gw_routes_and_nat_check() {
         };
         let mut peer = vx_peer(4, "192.0.2.4", "");
         let e = b
-            .admit_peer(&lease("192.0.2.4", "vxlan"), &mut peer)
+            .admit_peer(&lease("192.0.2.4", "vxlan"), &mut peer, &mut vec![])
             .unwrap_err();
         assert!(e.contains("this network runs host-gw"), "{e}");
         b.refresh(&nl).await.unwrap();
         assert_eq!(
-            b.admit_peer(&lease("192.0.2.4", "host-gw"), &mut peer),
-            Ok(vec![])
+            b.admit_peer(&lease("192.0.2.4", "host-gw"), &mut peer, &mut vec![]),
+            Ok(())
         );
         let mut far = vx_peer(4, "198.51.100.4", "");
         let e = b
-            .admit_peer(&lease("198.51.100.4", "host-gw"), &mut far)
+            .admit_peer(&lease("198.51.100.4", "host-gw"), &mut far, &mut vec![])
             .unwrap_err();
         assert!(e.contains("198.51.100.4") && e.contains("ul0"), "{e}");
     });

@@ -4,7 +4,6 @@ use super::{
     check_type, is_self, managed_route, onlink_prefixes, BackendError, Local, Peer, Published,
     Report, ROUTE_PROTOCOL,
 };
-use crate::admission::Claim;
 use ipnet::IpNet;
 use kernel::route::Route;
 use kernel::Netlink;
@@ -52,7 +51,7 @@ impl HostGw {
 
     /// A host-gw peer must be directly reachable: its public address on one of our connected prefixes (a route via
     /// anything else is refused by the kernel, every pass).
-    pub fn admit_peer(&self, lease: &Lease, peer: &Peer) -> Result<Vec<Claim>, String> {
+    pub fn admit_peer(&self, lease: &Lease, peer: &Peer) -> Result<(), String> {
         check_type(lease, "host-gw")?;
         let ips = [
             peer.subnet.and(peer.public_ip).map(IpAddr::V4),
@@ -66,7 +65,7 @@ impl HostGw {
                 ));
             }
         }
-        Ok(Vec::new())
+        Ok(())
     }
 
     /// Records the acquired lease (our own subnet is never routed to a peer).

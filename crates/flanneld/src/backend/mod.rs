@@ -22,8 +22,6 @@ pub struct Peer {
     pub public_ip: Option<Ipv4Addr>,
     /// Its public IPv6 address (underlay).
     pub public_ipv6: Option<Ipv6Addr>,
-    /// `BackendType` of its lease.
-    pub backend_type: String,
     /// `BackendData.VtepMAC` of its lease (vxlan).
     pub vtep_mac: Option<Mac>,
     /// `BackendV6Data.VtepMAC` of its lease (vxlan over IPv6).
@@ -188,9 +186,14 @@ impl Backend {
 }
 
 impl PeerRules for Backend {
-    fn admit_peer(&self, lease: &Lease, peer: &mut Peer) -> Result<Vec<Claim>, String> {
+    fn admit_peer(
+        &self,
+        lease: &Lease,
+        peer: &mut Peer,
+        claims: &mut Vec<Claim>,
+    ) -> Result<(), String> {
         match self {
-            Self::Vxlan(b) => b.admit_peer(lease, peer),
+            Self::Vxlan(b) => b.admit_peer(lease, peer, claims),
             Self::HostGw(b) => b.admit_peer(lease, peer),
         }
     }

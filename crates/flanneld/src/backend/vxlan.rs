@@ -203,9 +203,13 @@ impl Vxlan {
 
     /// A vxlan peer must announce a unicast VTEP MAC for every family it has a subnet of (upstream skips a lease
     /// whose backend data does not decode the same way); the MAC is claimed exclusively.
-    pub fn admit_peer(&self, lease: &Lease, peer: &mut Peer) -> Result<Vec<Claim>, String> {
+    pub fn admit_peer(
+        &self,
+        lease: &Lease,
+        peer: &mut Peer,
+        claims: &mut Vec<Claim>,
+    ) -> Result<(), String> {
         check_type(lease, "vxlan")?;
-        let mut claims = Vec::new();
         if peer.subnet.is_some() && self.v4.is_some() {
             let mac = check_vtep_mac(lease.attrs.backend_data.as_ref(), "BackendData")?;
             peer.vtep_mac = Some(mac);
@@ -216,7 +220,7 @@ impl Vxlan {
             peer.vtep_v6_mac = Some(mac);
             claims.push(Claim::VtepMac6(mac));
         }
-        Ok(claims)
+        Ok(())
     }
 
     /// Our own VTEP MACs: no peer may announce them.
