@@ -18,9 +18,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use subnet::{
-    Backoff, EtcdOptions, EtcdRegistry, LeaseAttrs, LeaseEnd, LeaseManager, ManagerOptions,
-    NetworkConfig, PeerSnapshot, PeerWatchOptions, PeerWatcher, SharedRegistry, SubnetKey,
-    NO_IPV4_SUBNET,
+    Backoff, EtcdOptions, EtcdRegistry, LeaseAttrs, LeaseEnd, ManagerError, ManagerOptions,
+    PeerSnapshot, SharedSubnetManager, StoreSource, SubnetKey, NO_IPV4_SUBNET,
 };
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
@@ -41,15 +40,30 @@ pub enum Exit {
     LeaseRevoked,
 }
 
-async fn connect_store(opts: &Options) -> Result<SharedRegistry> {
+/// The lease source named by the command line: Kubernetes (`--kube-subnet-mgr`), the embedded store
+/// (`--local-store`), or etcd (waited for while unreachable).
+async fn subnet_manager(
+    opts: &Options,
+    previous: Option<SubnetKey>,
+) -> Result<SharedSubnetManager> {
     if opts.kube_subnet_mgr {
         bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not available in this build yet; use etcd");
     }
+    let mopts = ManagerOptions {
+        renew_margin: opts.renew_margin(),
+        ..Default::default()
+    };
     if let Some(dir) = &opts.local_store {
         let store = subnet::LocalRegistry::open(dir)
             .with_context(|| format!("opening the local lease store {}", dir.display()))?;
         info!(dir = %dir.display(), "using the local lease store");
-        return Ok(Arc::new(store));
+        let at = format!("the local store {}", dir.display());
+        return Ok(Arc::new(StoreSource::new(
+            Arc::new(store),
+            previous,
+            mopts,
+            at,
+        )));
     }
     let eo = EtcdOptions {
         endpoints: opts.etcd_endpoints.clone(),
@@ -61,13 +75,14 @@ async fn connect_store(opts: &Options) -> Result<SharedRegistry> {
         password: opts.etcd_password.clone(),
         ..Default::default()
     };
+    let at = format!("etcd key {}/config", opts.etcd_prefix.trim_end_matches('/'));
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
     loop {
         match EtcdRegistry::connect(eo.clone()).await {
-            Ok(r) => return Ok(Arc::new(r)),
+            Ok(r) => return Ok(Arc::new(StoreSource::new(Arc::new(r), previous, mopts, at))),
             Err(e) if e.is_retryable() => {
                 let d = backoff.next_delay();
-                warn!(endpoints = %eo.endpoints.join(","), error = %e, "etcd unreachable; retrying in {d:?}");
+                warn!(error = %e, "etcd unreachable; retrying in {d:?}");
                 tokio::time::sleep(d).await;
             }
             Err(e) => return Err(anyhow!(e).context("connecting to etcd")),
@@ -75,23 +90,27 @@ async fn connect_store(opts: &Options) -> Result<SharedRegistry> {
     }
 }
 
-async fn load_config(reg: &SharedRegistry) -> Result<NetworkConfig> {
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+/// Asks `what` until it answers or fails for good; a wait (no config yet, no podCIDR yet) is logged and shown on
+/// `/readyz`.
+async fn retrying<T, F, Fut>(what: &str, state: &health::State, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ManagerError>>,
+{
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
     loop {
-        match subnet::load_config(reg.as_ref()).await {
-            Ok(c) => return Ok(c),
-            Err(e)
-                if e.is_retryable()
-                    || matches!(
-                        e,
-                        subnet::ManagerError::Store(subnet::RegistryError::ConfigNotFound(_))
-                    ) =>
-            {
+        match f().await {
+            Ok(v) => {
+                state.set_waiting(None);
+                return Ok(v);
+            }
+            Err(e) if e.is_retryable() => {
                 let d = backoff.next_delay();
-                warn!(error = %e, "couldn't fetch network config; retrying in {d:?}");
+                warn!(error = %e, "{what}: retrying in {d:?}");
+                state.set_waiting(Some(format!("{what}: {e}")));
                 tokio::time::sleep(d).await;
             }
-            Err(e) => return Err(anyhow!(e)),
+            Err(e) => return Err(anyhow!(e).context(what.to_string())),
         }
     }
 }
@@ -177,16 +196,12 @@ pub async fn run(opts: Options) -> Result<Exit> {
     }
 
     let previous = subnet_file::read(&opts.subnet_file);
-    let registry = connect_store(&opts).await?;
-    let cfg = load_config(&registry)
-        .await
-        .with_context(|| match &opts.local_store {
-            Some(dir) => format!("network config in the local store {}", dir.display()),
-            None => format!(
-                "network config at {}/config",
-                opts.etcd_prefix.trim_end_matches('/')
-            ),
-        })?;
+    let manager = subnet_manager(&opts, previous_key(&previous)).await?;
+    info!("subnet manager: {}", manager.name());
+    let cfg = retrying("couldn't fetch network config", &state, || {
+        manager.network_config()
+    })
+    .await?;
     info!(network = ?cfg.network, ipv6_network = ?cfg.ipv6_network, backend = %cfg.backend_type, "network config");
     let stack = IpStack::from_enabled(cfg.enable_ipv4, cfg.enable_ipv6)?;
     if !cfg.enable_nftables
@@ -219,28 +234,10 @@ pub async fn run(opts: Options) -> Result<Exit> {
     let published = backend.setup(&nl).await?;
 
     let attrs = lease_attrs(&local, &published);
-    let mopts = ManagerOptions {
-        renew_margin: opts.renew_margin(),
-        ..Default::default()
-    };
-    let manager = LeaseManager::new(
-        registry.clone(),
-        cfg.clone(),
-        previous_key(&previous),
-        mopts,
-    );
-    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
-    let lease = loop {
-        match manager.acquire(&attrs).await {
-            Ok(l) => break l,
-            Err(e) if e.is_retryable() => {
-                let d = backoff.next_delay();
-                warn!(error = %e, "failed to acquire lease; retrying in {d:?}");
-                tokio::time::sleep(d).await;
-            }
-            Err(e) => return Err(anyhow!(e).context("acquiring a subnet lease")),
-        }
-    };
+    let lease = retrying("acquiring a subnet lease", &state, || {
+        manager.acquire(&cfg, &attrs)
+    })
+    .await?;
     info!("acquired lease: {}", lease.key().cidrs());
     if cfg.enable_ipv4 {
         local.subnet = Some(lease.subnet);
@@ -326,20 +323,42 @@ pub async fn run(opts: Options) -> Result<Exit> {
     state.set_ready(true);
     sd_notify_ready();
     info!(subnet_file = %opts.subnet_file.display(), mtu = published.mtu, "ready");
+    // The source hears that the node is up (Kubernetes: NetworkUnavailable=False), retried in the background.
+    let completer = {
+        let (m, l) = (manager.clone(), lease.clone());
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+            loop {
+                match m.complete(&l).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        let d = backoff.next_delay();
+                        warn!(error = %e, "telling the subnet manager the node is up failed; retrying in {d:?}");
+                        tokio::time::sleep(d).await;
+                    }
+                }
+            }
+        })
+    };
 
     // Loops.
-    let watcher = PeerWatcher::spawn(
-        registry.clone(),
-        Some(lease.key()),
-        PeerWatchOptions::default(),
-    );
+    let watcher = manager.watch_peers(lease.key());
     let rx = watcher.subscribe();
     state.set_peers(watcher.subscribe());
-    let admission = Admission::new(
-        NetworkRules::from_config(&cfg),
-        local.subnet,
-        local.ipv6_subnet,
-    );
+    let mut rules = NetworkRules::from_config(&cfg);
+    if manager.subnet_len_from_own_lease() {
+        // Kubernetes hands every node a podCIDR of one size (the controller manager's mask): that, not the
+        // config's SubnetLen, is what a peer's subnet must have.
+        rules.v4 = rules
+            .v4
+            .zip(local.subnet)
+            .map(|((n, _), s)| (n, s.prefix_len()));
+        rules.v6 = rules
+            .v6
+            .zip(local.ipv6_subnet)
+            .map(|((n, _), s)| (n, s.prefix_len()));
+    }
+    let admission = Admission::new(rules, local.subnet, local.ipv6_subnet);
     // What the lease publishes: the reconciler updates it when a recreated device differs, the keeper writes it.
     let (attrs_tx, attrs_rx) = watch::channel(attrs);
     let reconciler = tokio::spawn(reconcile_loop(Reconciler {
@@ -355,14 +374,14 @@ pub async fn run(opts: Options) -> Result<Exit> {
     }));
     let resync = opts.iptables_resync_period();
     let blackhole = opts.ip_blackhole_route;
-    let rules = tokio::spawn(rules_loop(
+    let rules_task = tokio::spawn(rules_loop(
         traffic,
         resync,
         blackhole.then(|| (nl.clone(), local.clone())),
     ));
     let keeper = {
-        let m = manager.clone();
-        tokio::spawn(async move { m.keep_publishing(lease, None, Some(attrs_rx)).await })
+        let (m, c) = (manager.clone(), cfg.clone());
+        tokio::spawn(async move { m.keep(&c, lease, attrs_rx).await })
     };
 
     let exit = tokio::select! {
@@ -379,7 +398,8 @@ pub async fn run(opts: Options) -> Result<Exit> {
         }
     };
     reconciler.abort();
-    rules.abort();
+    rules_task.abort();
+    completer.abort();
     drop(watcher);
     state.set_ready(false);
     Ok(exit)

@@ -55,9 +55,18 @@ pub struct State {
     refused: RwLock<BTreeMap<SubnetKey, Refusal>>,
     /// `--status-remote`: answer /status to non-loopback clients too.
     status_remote: AtomicBool,
+    /// What the daemon waits for before it can be ready (no config yet, no podCIDR yet), for /readyz.
+    waiting: RwLock<Option<String>>,
 }
 
 impl State {
+    /// What the daemon is waiting for, shown by /readyz while not ready; `None` when it waits for nothing.
+    pub fn set_waiting(&self, what: Option<String>) {
+        if let Ok(mut w) = self.waiting.write() {
+            *w = what;
+        }
+    }
+
     /// Whether /status answers clients on other hosts (`--status-remote`).
     pub fn set_status_remote(&self, remote: bool) {
         self.status_remote.store(remote, Ordering::Relaxed);
@@ -223,10 +232,14 @@ async fn healthz() -> &'static str {
 
 async fn readyz(AxState(st): AxState<Arc<State>>) -> impl IntoResponse {
     if st.is_ready() {
-        (StatusCode::OK, "flanneld is ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "flanneld is not ready yet")
+        return (StatusCode::OK, "flanneld is ready".to_string());
     }
+    let waiting = st.waiting.read().ok().and_then(|w| w.clone());
+    let body = match waiting {
+        Some(w) => format!("flanneld is not ready yet: {w}"),
+        None => "flanneld is not ready yet".to_string(),
+    };
+    (StatusCode::SERVICE_UNAVAILABLE, body)
 }
 
 /// Whether a client address is this host's loopback (IPv4, IPv6, or IPv4-mapped IPv6 on a dual-stack socket).

@@ -7,6 +7,7 @@
 //!   directory shared by the daemons of one machine.
 //! - [`manager`]: acquiring, renewing and watching this node's lease.
 //! - [`peers`]: the full, always-current set of peer leases.
+//! - [`source`]: the daemon's one seam to a lease source ([`SubnetManager`]): the stores above, or Kubernetes.
 
 pub mod alloc;
 pub mod backoff;
@@ -18,6 +19,7 @@ pub mod local;
 pub mod manager;
 pub mod peers;
 pub mod registry;
+pub mod source;
 
 pub use alloc::{AllocError, Plan};
 pub use backoff::Backoff;
@@ -28,3 +30,4 @@ pub use local::{LocalOptions, LocalRegistry};
 pub use manager::{load_config, LeaseEnd, LeaseManager, ManagerError, ManagerOptions};
 pub use peers::{PeerSnapshot, PeerWatchOptions, PeerWatcher};
 pub use registry::{Event, Registry, RegistryError, SharedRegistry, WatchBatch, WatchStream};
+pub use source::{SharedSubnetManager, StoreSource, Stored, SubnetManager};

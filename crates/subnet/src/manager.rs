@@ -66,6 +66,10 @@ pub enum ManagerError {
     /// Other nodes won every race for a subnet.
     #[error("Max retries reached trying to acquire a subnet ({0} attempts)")]
     MaxRetries(u32),
+    /// Something outside this node has to happen first (a network config written, a podCIDR assigned): the
+    /// daemon waits, says so in its log and on `/readyz`, and asks again.
+    #[error("waiting: {0}")]
+    Waiting(String),
 }
 
 impl ManagerError {
@@ -73,7 +77,7 @@ impl ManagerError {
     pub fn is_retryable(&self) -> bool {
         match self {
             ManagerError::Store(e) => e.is_retryable(),
-            ManagerError::MaxRetries(_) => true,
+            ManagerError::MaxRetries(_) | ManagerError::Waiting(_) => true,
             ManagerError::Config(_) | ManagerError::Alloc(_) => false,
         }
     }
