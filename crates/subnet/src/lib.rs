@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod config;
 pub mod etcd;
 mod gojson;
+pub mod kube;
 pub mod lease;
 pub mod local;
 pub mod manager;

@@ -66,6 +66,11 @@ impl PeerWatcher {
         PeerWatcher { rx, task }
     }
 
+    /// A watcher made of a snapshot channel and the task that feeds it (for sources other than a store).
+    pub fn from_parts(rx: watch::Receiver<PeerSnapshot>, task: JoinHandle<()>) -> Self {
+        PeerWatcher { rx, task }
+    }
+
     /// A receiver of snapshots; `changed()` wakes on every change of the set.
     pub fn subscribe(&self) -> watch::Receiver<PeerSnapshot> {
         self.rx.clone()
