@@ -77,7 +77,10 @@ impl Shared {
 
 /// RFC 3339 UTC time of `t` (what the API writes in `creationTimestamp`).
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
@@ -129,10 +132,18 @@ fn authorize(
     verb: &str,
     resource: &str,
     name: &str,
-) -> Result<(), Response> {
+) -> Result<(), Box<Response>> {
     let want = format!("Bearer {}", s.token);
-    if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
-        return Err(status_response(401, "Unauthorized", "Unauthorized"));
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(want.as_str())
+    {
+        return Err(Box::new(status_response(
+            401,
+            "Unauthorized",
+            "Unauthorized",
+        )));
     }
     let forbidden = s
         .lock()
@@ -143,16 +154,19 @@ fn authorize(
         let what = if name.is_empty() {
             resource.split('/').next().unwrap_or(resource).to_string()
         } else {
-            format!("{} \"{name}\"", resource.split('/').next().unwrap_or(resource))
+            format!(
+                "{} \"{name}\"",
+                resource.split('/').next().unwrap_or(resource)
+            )
         };
-        return Err(status_response(
+        return Err(Box::new(status_response(
             403,
             "Forbidden",
             &format!(
                 "{what} is forbidden: User \"system:serviceaccount:kube-flannel:flannel\" cannot {verb} resource \
                  \"{resource}\" in API group \"\" at the cluster scope"
             ),
-        ));
+        )));
     }
     Ok(())
 }
@@ -171,7 +185,7 @@ async fn nodes(
     let watch = matches!(q.get("watch").map(String::as_str), Some("1" | "true"));
     let verb = if watch { "watch" } else { "list" };
     if let Err(r) = authorize(&s, &headers, verb, "nodes", "") {
-        return r;
+        return *r;
     }
     {
         let mut i = s.lock();
@@ -238,7 +252,9 @@ fn list_nodes(s: &Shared, q: &BTreeMap<String, String>) -> Response {
         meta.insert("continue".into(), json!(format!("{list_rv}:{end}")));
         meta.insert("remainingItemCount".into(), json!(all.len() - end));
     }
-    json_response(&json!({"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}))
+    json_response(
+        &json!({"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items}),
+    )
 }
 
 async fn watch_nodes(s: Arc<Shared>, q: BTreeMap<String, String>) -> Response {
@@ -308,7 +324,10 @@ async fn watch_nodes(s: Arc<Shared>, q: BTreeMap<String, String>) -> Response {
                         for l in out {
                             b.extend_from_slice(&l);
                         }
-                        return Some((Ok::<_, std::io::Error>(bytes::Bytes::from(b)), (s, cursor, last_bm)));
+                        return Some((
+                            Ok::<_, std::io::Error>(bytes::Bytes::from(b)),
+                            (s, cursor, last_bm),
+                        ));
                     }
                     if bookmarks && last_bm.elapsed() >= s.bookmark_every {
                         last_bm = tokio::time::Instant::now();
@@ -342,7 +361,7 @@ async fn get_node(
     UrlPath(name): UrlPath<String>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers, "get", "nodes", &name) {
-        return r;
+        return *r;
     }
     let i = s.lock();
     match i.nodes.get(&name) {
@@ -375,7 +394,9 @@ fn merge(target: &mut Value, patch: &Value, path: &str) {
                     continue;
                 }
                 match t.get_mut(k) {
-                    Some(existing) if existing.is_object() && v.is_object() => merge(existing, v, &sub),
+                    Some(existing) if existing.is_object() && v.is_object() => {
+                        merge(existing, v, &sub)
+                    }
                     _ => {
                         t.insert(k.clone(), v.clone());
                     }
@@ -393,7 +414,7 @@ async fn patch_node_status(
     body: bytes::Bytes,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers, "patch", "nodes/status", &name) {
-        return r;
+        return *r;
     }
     let ct = headers
         .get(header::CONTENT_TYPE)
@@ -436,7 +457,7 @@ async fn get_pod(
     UrlPath((ns, name)): UrlPath<(String, String)>,
 ) -> Response {
     if let Err(r) = authorize(&s, &headers, "get", "pods", &name) {
-        return r;
+        return *r;
     }
     let i = s.lock();
     match i.pods.get(&(ns.clone(), name.clone())) {
@@ -463,7 +484,13 @@ fn router(s: Arc<Shared>) -> Router {
             get(get_node).patch(patch_node_status),
         )
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(get_pod))
-        .fallback(|| async { status_response(404, "NotFound", "the server could not find the requested resource") })
+        .fallback(|| async {
+            status_response(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        })
         .with_state(s)
 }
 
@@ -479,13 +506,18 @@ fn make_tls(ip: IpAddr) -> Result<Tls, String> {
     let ca_key = KeyPair::generate().map_err(e)?;
     let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "apiserver-fake CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "apiserver-fake CA");
     let issuer = rcgen::CertifiedIssuer::self_signed(ca, ca_key).map_err(e)?;
     let key = KeyPair::generate().map_err(e)?;
-    let mut p = CertificateParams::new(vec!["localhost".to_string(), "kubernetes.default.svc".to_string()])
-        .map_err(e)?;
+    let mut p = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ])
+    .map_err(e)?;
     p.subject_alt_names.push(SanType::IpAddress(ip));
-    p.distinguished_name.push(DnType::CommonName, "kube-apiserver");
+    p.distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
     let cert = p.signed_by(&key, &issuer).map_err(e)?;
     let chain = vec![cert.der().clone()];
     let der = tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
@@ -618,13 +650,19 @@ impl FakeApiServer {
             if let Some(ns) = netns {
                 let joined = std::fs::File::open(&ns)
                     .map_err(|e| e.to_string())
-                    .and_then(|f| nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()));
+                    .and_then(|f| {
+                        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET)
+                            .map_err(|e| e.to_string())
+                    });
                 if let Err(e) = joined {
                     let _ = ready_tx.send(Err(format!("enter {}: {e}", ns.display())));
                     return;
                 }
             }
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     let _ = ready_tx.send(Err(e.to_string()));
@@ -751,7 +789,11 @@ impl FakeApiServer {
                              "operatingSystem": "linux"},
             },
         });
-        let t = if self.node(name).is_some() { "MODIFIED" } else { "ADDED" };
+        let t = if self.node(name).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
         self.change(|_| Some((t, node)));
     }
 
@@ -805,7 +847,10 @@ impl FakeApiServer {
         let pod = json!({"kind": "Pod", "apiVersion": "v1",
                          "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}")},
                          "spec": {"nodeName": node_name, "containers": [{"name": "kube-flannel", "image": "x"}]}});
-        self.shared.lock().pods.insert((ns.into(), name.into()), pod);
+        self.shared
+            .lock()
+            .pods
+            .insert((ns.into(), name.into()), pod);
     }
 
     /// Every patch received so far.
@@ -881,7 +926,10 @@ mod tests {
             "",
         );
         assert_eq!(n["metadata"]["annotations"], json!({"a": "1", "c": "3"}));
-        assert_eq!(n["status"]["conditions"][0], json!({"type": "Ready", "status": "True", "reason": "x"}));
+        assert_eq!(
+            n["status"]["conditions"][0],
+            json!({"type": "Ready", "status": "True", "reason": "x"})
+        );
         assert_eq!(n["status"]["conditions"][1]["type"], "NetworkUnavailable");
     }
 }

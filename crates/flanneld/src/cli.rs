@@ -119,8 +119,8 @@ pub struct Options {
           default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub ip_masq_fully_random_disable: bool,
 
-    /// Get subnets from the Kubernetes API instead of etcd (not implemented in flannel-rs yet: flanneld exits with
-    /// an error when it is set)
+    /// Get subnets from the Kubernetes API instead of etcd: this node's is its Node's spec.podCIDR(s), peers are
+    /// the other Nodes (node name from NODE_NAME, or from the pod POD_NAMESPACE/POD_NAME)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_value = "false",
           default_missing_value = "true", action = ArgAction::Set, value_parser = parse_go_bool)]
     pub kube_subnet_mgr: bool,
@@ -1145,7 +1145,10 @@ mod tests {
         assert!(!frd.contains("Use --random instead"), "{frd}");
         // Never claim what is not built.
         let kube = about("--kube-subnet-mgr");
-        assert!(kube.contains("not implemented"), "{kube}");
+        assert!(
+            kube.contains("podCIDR") && kube.contains("NODE_NAME"),
+            "{kube}"
+        );
         let st = about("--status-remote");
         assert!(st.contains("only loopback"), "{st}");
     }

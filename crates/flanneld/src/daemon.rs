@@ -8,7 +8,7 @@ use crate::health;
 use crate::iface::{self, IpStack, SelectOptions};
 use crate::subnet_file;
 use crate::traffic::{MasqConfig, Mode, NetPair, TrafficManager};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use cni::plugins::flannel::SubnetEnv;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::Netlink;
@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subnet::kube::{KubeOptions, KubeSource};
 use subnet::{
     Backoff, EtcdOptions, EtcdRegistry, LeaseAttrs, LeaseEnd, ManagerError, ManagerOptions,
     PeerSnapshot, SharedSubnetManager, StoreSource, SubnetKey, NO_IPV4_SUBNET,
@@ -47,7 +48,29 @@ async fn subnet_manager(
     previous: Option<SubnetKey>,
 ) -> Result<SharedSubnetManager> {
     if opts.kube_subnet_mgr {
-        bail!("--kube-subnet-mgr: the Kubernetes subnet manager is not available in this build yet; use etcd");
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let ko = KubeOptions {
+            api_url: opts.kube_api_url.clone(),
+            kubeconfig: opts.kubeconfig_file.clone(),
+            annotation_prefix: opts.kube_annotation_prefix.clone(),
+            net_config_path: opts.net_config_path.clone(),
+            set_node_network_unavailable: opts.set_node_network_unavailable,
+            node_name: env("NODE_NAME"),
+            pod_name: env("POD_NAME"),
+            pod_namespace: env("POD_NAMESPACE"),
+        };
+        let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+        loop {
+            match KubeSource::connect(ko.clone()).await {
+                Ok(k) => return Ok(Arc::new(k)),
+                Err(e) if e.is_retryable() => {
+                    let d = backoff.next_delay();
+                    warn!(error = %e, "Kubernetes API unreachable; retrying in {d:?}");
+                    tokio::time::sleep(d).await;
+                }
+                Err(e) => return Err(anyhow!(e).context("connecting to the Kubernetes API")),
+            }
+        }
     }
     let mopts = ManagerOptions {
         renew_margin: opts.renew_margin(),
@@ -210,8 +233,20 @@ pub async fn run(opts: Options) -> Result<Exit> {
         warn!("br_netfilter is not loaded: pod traffic crossing cni0 will not traverse iptables (kube-proxy services may break)");
     }
 
+    // What the source remembers of this node: the public IP it must use (Kubernetes: node-public-ip, as
+    // --public-ip) and the VTEP MACs it announced (a restarted node announces the same ones).
+    let stored = manager.stored().await;
+    let mut select = SelectOptions::from_cli(&opts);
+    if opts.public_ip.is_none() && stored.public_ip.is_some() {
+        info!(public_ip = ?stored.public_ip, "using the public IP the node's annotation names");
+        select.public_ip = stored.public_ip;
+    }
+    if opts.public_ipv6.is_none() && stored.public_ipv6.is_some() {
+        info!(public_ipv6 = ?stored.public_ipv6, "using the public IPv6 the node's annotation names");
+        select.public_ipv6 = stored.public_ipv6;
+    }
     let nl = Netlink::current()?;
-    let ext = iface::lookup(&nl, &SelectOptions::from_cli(&opts), stack).await?;
+    let ext = iface::lookup(&nl, &select, stack).await?;
     let mut local = Local {
         network: cfg.network.filter(|_| cfg.enable_ipv4),
         ipv6_network: cfg.ipv6_network.filter(|_| cfg.enable_ipv6),
@@ -226,6 +261,14 @@ pub async fn run(opts: Options) -> Result<Exit> {
         public_ipv6: ext.ext_v6_addr,
     };
     let mut backend = Backend::new(&cfg.backend_type, &cfg.backend, &local)?;
+    let stored_mac = |d: &Option<serde_json::Value>| {
+        d.as_ref()
+            .and_then(|d| crate::admission::check_vtep_mac(Some(d), "stored backend data").ok())
+    };
+    backend.prefer_vtep_macs(
+        stored_mac(&stored.backend_data),
+        stored_mac(&stored.backend_v6_data),
+    );
     info!(
         "using backend {} on interface {}",
         backend.type_name(),

@@ -112,7 +112,12 @@ async fn wait_snapshot(
         }
     })
     .await;
-    r.unwrap_or_else(|_| panic!("timed out waiting for {what}: {:?}", rx.borrow().leases.keys()))
+    r.unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {what}: {:?}",
+            rx.borrow().leases.keys()
+        )
+    })
 }
 
 fn keys(s: &PeerSnapshot) -> Vec<String> {
@@ -122,7 +127,8 @@ fn keys(s: &PeerSnapshot) -> Vec<String> {
 #[tokio::test]
 async fn acquire_writes_upstreams_annotations_and_condition() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
     let lease = src.acquire(&cfg, &attrs()).await.expect("acquire");
@@ -130,7 +136,10 @@ async fn acquire_writes_upstreams_annotations_and_condition() {
     let patches = fx.api.patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
     assert_eq!(patches[0].path, "/api/v1/nodes/n1/status");
-    assert_eq!(patches[0].content_type, "application/strategic-merge-patch+json");
+    assert_eq!(
+        patches[0].content_type,
+        "application/strategic-merge-patch+json"
+    );
     assert_eq!(
         patches[0].body,
         json!({"metadata": {"annotations": {
@@ -154,7 +163,12 @@ async fn acquire_writes_upstreams_annotations_and_condition() {
     assert_eq!(cond["status"], "False");
     assert_eq!(cond["reason"], "FlannelIsUp");
     assert_eq!(cond["message"], "Flannel is running on this node");
-    assert!(cond["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "{cond}");
+    assert!(
+        cond["lastTransitionTime"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{cond}"
+    );
     // The kubelet's Ready condition is untouched.
     assert!(node["status"]["conditions"]
         .as_array()
@@ -182,13 +196,17 @@ async fn no_podcidr_yet_is_a_wait_then_works() {
 #[tokio::test]
 async fn podcidr_outside_network_is_an_error_naming_both() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.99.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.99.1.0/24"], json!({}), "192.0.2.1");
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
     let e = src.acquire(&cfg, &attrs()).await.unwrap_err();
     assert!(!e.is_retryable(), "{e}");
     let m = e.to_string();
-    assert!(m.contains("10.244.0.0/16") && m.contains("10.99.1.0/24") && m.contains("n1"), "{m}");
+    assert!(
+        m.contains("10.244.0.0/16") && m.contains("10.99.1.0/24") && m.contains("n1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -199,7 +217,12 @@ async fn dual_stack_podcidrs() {
         r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan"}}"#,
     )
     .unwrap();
-    fx.api.add_node("n1", &["10.244.1.0/24", "fd00:10:244:1::/64"], json!({}), "192.0.2.1");
+    fx.api.add_node(
+        "n1",
+        &["10.244.1.0/24", "fd00:10:244:1::/64"],
+        json!({}),
+        "192.0.2.1",
+    );
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
     let a = LeaseAttrs {
@@ -211,7 +234,9 @@ async fn dual_stack_podcidrs() {
     assert_eq!(l.key().to_string(), "10.244.1.0-24&fd00:10:244:1::-64");
     let ann = &fx.api.patches()[0].body["metadata"]["annotations"];
     assert_eq!(ann[format!("{P}/public-ipv6")], "2001:db8::1");
-    assert!(ann[format!("{P}/backend-v6-data")].as_str().is_some_and(|d| d.contains("0e:00:00:00:01:01")));
+    assert!(ann[format!("{P}/backend-v6-data")]
+        .as_str()
+        .is_some_and(|d| d.contains("0e:00:00:00:01:01")));
     // A peer with both families.
     fx.api.add_node(
         "n2",
@@ -233,27 +258,40 @@ async fn dual_stack_podcidrs() {
 #[tokio::test]
 async fn peers_follow_nodes() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     fx.peer("n2", 2);
     fx.peer("n3", 3);
     // Not flannel's: no kube-subnet-manager annotation.
-    fx.api.add_node("other", &["10.244.9.0/24"], json!({}), "192.0.2.9");
+    fx.api
+        .add_node("other", &["10.244.9.0/24"], json!({}), "192.0.2.9");
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
     let own = src.acquire(&cfg, &attrs()).await.expect("acquire");
     let w = src.watch_peers(own.key());
     let mut rx = w.subscribe();
     let s = wait_snapshot(&mut rx, "initial list", |s| s.synced).await;
-    assert_eq!(keys(&s), vec!["10.244.2.0-24", "10.244.3.0-24"], "own node and non-flannel nodes left out");
+    assert_eq!(
+        keys(&s),
+        vec!["10.244.2.0-24", "10.244.3.0-24"],
+        "own node and non-flannel nodes left out"
+    );
     let l2 = &s.leases[&"10.244.2.0-24".parse::<SubnetKey>().unwrap()];
     assert_eq!(l2.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 2));
-    assert_eq!(l2.attrs.backend_data, Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"})));
+    assert_eq!(
+        l2.attrs.backend_data,
+        Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}))
+    );
 
     // A node appears.
     fx.peer("n4", 4);
-    wait_snapshot(&mut rx, "n4 added", |s| s.leases.contains_key(&"10.244.4.0-24".parse().unwrap())).await;
+    wait_snapshot(&mut rx, "n4 added", |s| {
+        s.leases.contains_key(&"10.244.4.0-24".parse().unwrap())
+    })
+    .await;
     // A node changes its public IP.
-    fx.api.annotate("n2", &format!("{P}/public-ip"), Some("192.0.2.22"));
+    fx.api
+        .annotate("n2", &format!("{P}/public-ip"), Some("192.0.2.22"));
     wait_snapshot(&mut rx, "n2 moved", |s| {
         s.leases
             .get(&"10.244.2.0-24".parse().unwrap())
@@ -261,11 +299,18 @@ async fn peers_follow_nodes() {
     })
     .await;
     // A node loses flannel's annotations.
-    fx.api.annotate("n3", &format!("{P}/kube-subnet-manager"), None);
-    wait_snapshot(&mut rx, "n3 gone", |s| !s.leases.contains_key(&"10.244.3.0-24".parse().unwrap())).await;
+    fx.api
+        .annotate("n3", &format!("{P}/kube-subnet-manager"), None);
+    wait_snapshot(&mut rx, "n3 gone", |s| {
+        !s.leases.contains_key(&"10.244.3.0-24".parse().unwrap())
+    })
+    .await;
     // A node is deleted.
     fx.api.delete_node("n4");
-    let s = wait_snapshot(&mut rx, "n4 deleted", |s| !s.leases.contains_key(&"10.244.4.0-24".parse().unwrap())).await;
+    let s = wait_snapshot(&mut rx, "n4 deleted", |s| {
+        !s.leases.contains_key(&"10.244.4.0-24".parse().unwrap())
+    })
+    .await;
     assert_eq!(keys(&s), vec!["10.244.2.0-24"]);
     // A malformed node is ignored (and the others stay).
     fx.api.add_node(
@@ -275,27 +320,45 @@ async fn peers_follow_nodes() {
         "192.0.2.5",
     );
     fx.peer("n6", 6);
-    let s = wait_snapshot(&mut rx, "n6", |s| s.leases.contains_key(&"10.244.6.0-24".parse().unwrap())).await;
+    let s = wait_snapshot(&mut rx, "n6", |s| {
+        s.leases.contains_key(&"10.244.6.0-24".parse().unwrap())
+    })
+    .await;
     assert_eq!(keys(&s), vec!["10.244.2.0-24", "10.244.6.0-24"]);
 }
 
 #[tokio::test]
 async fn relist_after_410_and_outage_keeps_the_set() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     fx.peer("n2", 2);
     let src = fx.source("n1").await;
     let w = src.watch_peers("10.244.1.0-24".parse().unwrap());
     let mut rx = w.subscribe();
     wait_snapshot(&mut rx, "list", |s| s.synced && s.leases.len() == 1).await;
-    let lists_before = fx.api.requests().iter().filter(|r| !r.contains("watch=")).count();
+    let lists_before = fx
+        .api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch="))
+        .count();
     // History gone: the watch resumes with 410 and the watcher lists again; a change made meanwhile shows.
     fx.api.compact();
     fx.peer("n3", 3);
     let s = wait_snapshot(&mut rx, "after 410", |s| s.leases.len() == 2).await;
     assert!(s.synced);
-    let lists_after = fx.api.requests().iter().filter(|r| !r.contains("watch=")).count();
-    assert!(lists_after > lists_before, "a re-list after 410: {:?}", fx.api.requests());
+    let lists_after = fx
+        .api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch="))
+        .count();
+    assert!(
+        lists_after > lists_before,
+        "a re-list after 410: {:?}",
+        fx.api.requests()
+    );
 
     // The API goes away: the set stays as it was (nothing is unprogrammed on its account).
     fx.api.set_up(false);
@@ -311,7 +374,8 @@ async fn relist_after_410_and_outage_keeps_the_set() {
 #[tokio::test]
 async fn initial_list_is_paged() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     for i in 0..1200u32 {
         let third = 2 + i / 250;
         let fourth = i % 250;
@@ -331,8 +395,16 @@ async fn initial_list_is_paged() {
     let mut rx = w.subscribe();
     let s = wait_snapshot(&mut rx, "1200 nodes", |s| s.synced).await;
     assert_eq!(s.leases.len(), 1200);
-    let lists: Vec<String> = fx.api.requests().into_iter().filter(|r| !r.contains("watch=")).collect();
-    assert!(lists.len() >= 3 && lists.iter().all(|r| r.contains("limit=500")), "{lists:?}");
+    let lists: Vec<String> = fx
+        .api
+        .requests()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
+    assert!(
+        lists.len() >= 3 && lists.iter().all(|r| r.contains("limit=500")),
+        "{lists:?}"
+    );
     assert!(lists.iter().any(|r| r.contains("continue=")), "{lists:?}");
 }
 
@@ -348,14 +420,19 @@ async fn stored_public_ip_and_backend_data_are_read_back() {
     );
     let st = fx.source("n1").await.stored().await;
     assert_eq!(st.public_ip, Some(Ipv4Addr::new(192, 0, 2, 101)));
-    assert_eq!(st.backend_data, Some(json!({"VNI": 1, "VtepMAC": "02:42:ac:11:00:09"})));
+    assert_eq!(
+        st.backend_data,
+        Some(json!({"VNI": 1, "VtepMAC": "02:42:ac:11:00:09"}))
+    );
 }
 
 #[tokio::test]
 async fn node_name_from_the_pod_and_clear_errors() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
-    fx.api.add_pod("kube-flannel", "kube-flannel-ds-abcde", "n1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_pod("kube-flannel", "kube-flannel-ds-abcde", "n1");
     let mut o = fx.options("");
     o.node_name = None;
     o.pod_name = Some("kube-flannel-ds-abcde".into());
@@ -364,7 +441,11 @@ async fn node_name_from_the_pod_and_clear_errors() {
     assert_eq!(src.node_name(), "n1");
     // Neither: a clear error.
     o.pod_name = None;
-    let e = KubeSource::connect(o).await.err().expect("error").to_string();
+    let e = KubeSource::connect(o)
+        .await
+        .err()
+        .expect("error")
+        .to_string();
     assert!(e.contains("NODE_NAME") && e.contains("POD_NAME"), "{e}");
     // A kubeconfig that is not there.
     let mut o = fx.options("n1");
@@ -377,17 +458,23 @@ async fn node_name_from_the_pod_and_clear_errors() {
 #[tokio::test]
 async fn missing_rights_and_bad_token_name_the_verb_and_resource() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     fx.api.forbid("patch", "nodes/status");
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
     let e = src.acquire(&cfg, &attrs()).await.unwrap_err();
     let m = e.to_string();
-    assert!(m.contains("denied") && m.contains("patch") && m.contains("nodes/status"), "{m}");
+    assert!(
+        m.contains("denied") && m.contains("patch") && m.contains("nodes/status"),
+        "{m}"
+    );
     assert!(!e.is_retryable());
     // A wrong token.
     let kc = fx.dir.join("kubeconfig");
-    let text = std::fs::read_to_string(&kc).unwrap().replace(fx.api.token(), "wrong");
+    let text = std::fs::read_to_string(&kc)
+        .unwrap()
+        .replace(fx.api.token(), "wrong");
     std::fs::write(&kc, text).unwrap();
     let src = fx.source("n1").await;
     let e = src.acquire(&cfg, &attrs()).await.unwrap_err().to_string();
@@ -397,7 +484,8 @@ async fn missing_rights_and_bad_token_name_the_verb_and_resource() {
 #[tokio::test]
 async fn own_annotations_are_written_back_when_changed_by_someone_else() {
     let fx = Fixture::new();
-    fx.api.add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
     let lease = src.acquire(&cfg, &attrs()).await.expect("acquire");
@@ -407,11 +495,16 @@ async fn own_annotations_are_written_back_when_changed_by_someone_else() {
         tokio::spawn(async move { s.keep(&c, lease, rx).await })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    fx.api.annotate("n1", &format!("{P}/public-ip"), Some("192.0.2.66"));
+    fx.api
+        .annotate("n1", &format!("{P}/public-ip"), Some("192.0.2.66"));
     let key = format!("{P}/public-ip");
     let back = timeout(Duration::from_secs(10), async {
         loop {
-            if fx.api.node("n1").is_some_and(|n| n["metadata"]["annotations"][&key] == "192.0.2.1") {
+            if fx
+                .api
+                .node("n1")
+                .is_some_and(|n| n["metadata"]["annotations"][&key] == "192.0.2.1")
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -427,8 +520,14 @@ async fn own_annotations_are_written_back_when_changed_by_someone_else() {
     let key = format!("{P}/backend-data");
     let published = timeout(Duration::from_secs(10), async {
         loop {
-            let v: Option<Value> = fx.api.node("n1").map(|n| n["metadata"]["annotations"][&key].clone());
-            if v.as_ref().and_then(Value::as_str).is_some_and(|d| d.contains("0e:00:00:00:00:aa")) {
+            let v: Option<Value> = fx
+                .api
+                .node("n1")
+                .map(|n| n["metadata"]["annotations"][&key].clone());
+            if v.as_ref()
+                .and_then(Value::as_str)
+                .is_some_and(|d| d.contains("0e:00:00:00:00:aa"))
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -124,6 +124,15 @@ impl Backend {
         }
     }
 
+    /// The VTEP MACs this node announced before (read back from its Node's annotations): a device that has to
+    /// be created gets them instead of the derived ones, so peers never see the MAC change across a restart or a
+    /// switch from upstream flannel. No effect for backends without a VTEP.
+    pub fn prefer_vtep_macs(&mut self, v4: Option<Mac>, v6: Option<Mac>) {
+        if let Self::Vxlan(b) = self {
+            b.prefer_macs(v4, v6);
+        }
+    }
+
     /// Creates devices (before the lease exists); returns what to publish in the lease.
     pub async fn setup(&mut self, nl: &kernel::Netlink) -> Result<Published, BackendError> {
         match self {

@@ -95,6 +95,8 @@ pub struct Vxlan {
     v6: Option<Device>,
     /// Prefixes directly connected on the external interface (for DirectRouting).
     onlink: Vec<IpNet>,
+    /// MACs to give devices this backend creates (what the node announced before), IPv4 and IPv6.
+    preferred: (Option<Mac>, Option<Mac>),
 }
 
 /// A kernel change to make.
@@ -115,7 +117,13 @@ impl Vxlan {
             v4: None,
             v6: None,
             onlink: Vec::new(),
+            preferred: (None, None),
         })
+    }
+
+    /// MACs for devices this backend will create (see [`super::Backend::prefer_vtep_macs`]).
+    pub fn prefer_macs(&mut self, v4: Option<Mac>, v6: Option<Mac>) {
+        self.preferred = (v4, v6);
     }
 
     /// The device names for this VNI.
@@ -156,6 +164,7 @@ impl Vxlan {
                 .v4
                 .as_ref()
                 .map(|d| d.mac)
+                .or(self.preferred.0)
                 .unwrap_or_else(|| stable_vtep_mac(seed, self.cfg.vni));
             let dev = self.device(nl, n4, src, mtu, mac).await?;
             published.backend_data =
@@ -180,6 +189,7 @@ impl Vxlan {
                 .v6
                 .as_ref()
                 .map(|d| d.mac)
+                .or(self.preferred.1)
                 .unwrap_or_else(|| stable_vtep_mac(seed, self.cfg.vni));
             let dev = self.device(nl, n6, src, mtu6, mac).await?;
             published.backend_v6_data =

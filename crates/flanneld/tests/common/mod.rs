@@ -504,6 +504,7 @@ pub struct Builder {
     ipv6: bool,
     ip_masq: bool,
     args: Vec<String>,
+    kube: bool,
 }
 
 impl Builder {
@@ -543,6 +544,15 @@ impl Builder {
         self
     }
 
+    /// Kubernetes mode: no etcd; an in-process API server in the fabric (192.0.2.254:6443) holds a Node per node
+    /// (`n<i>`, podCIDR `10.244.<i>.0/24`, and `fd00:10:244:<i>::/64` when the config enables IPv6), and every
+    /// flanneld runs with `--kube-subnet-mgr`, a kubeconfig for it, the config as its net-conf.json, and
+    /// `NODE_NAME`.
+    pub fn kube(mut self) -> Self {
+        self.kube = true;
+        self
+    }
+
     /// Extra arguments for every flanneld.
     pub fn flanneld_args(mut self, args: &[&str]) -> Self {
         self.args.extend(args.iter().map(|s| s.to_string()));
@@ -571,11 +581,29 @@ impl Builder {
             ipv6: self.ipv6,
             ip_masq: self.ip_masq,
             args: self.args,
+            kube: None,
+            kube_config: None,
         };
         c.make_fabric();
-        c.start_etcd();
-        if let Some(cfg) = &self.config {
-            c.put(&format!("{ETCD_PREFIX}/config"), cfg);
+        if self.kube {
+            let api = apiserver_fake::FakeApiServer::start(apiserver_fake::Options {
+                addr: "192.0.2.254:6443".parse().unwrap(),
+                netns: Some(PathBuf::from(format!("/run/netns/{}", c.fabric))),
+                bookmark_every: Duration::from_secs(2),
+                ..Default::default()
+            })
+            .expect("start the fake API server in the fabric");
+            api.write_kubeconfig(&c.dir.join("kubeconfig"), None)
+                .expect("write the kubeconfig");
+            let cfg = self.config.clone().unwrap_or_else(|| "{}".into());
+            fs::write(c.dir.join("net-conf.json"), &cfg).expect("write net-conf.json");
+            c.kube_config = serde_json::from_str(&cfg).ok();
+            c.kube = Some(api);
+        } else {
+            c.start_etcd();
+            if let Some(cfg) = &self.config {
+                c.put(&format!("{ETCD_PREFIX}/config"), cfg);
+            }
         }
         for _ in 0..self.nodes {
             c.add_node();
@@ -608,6 +636,9 @@ pub struct Cluster {
     ipv6: bool,
     ip_masq: bool,
     args: Vec<String>,
+    /// Kubernetes mode: the API server (instead of etcd) and the net-conf.json it was given.
+    kube: Option<apiserver_fake::FakeApiServer>,
+    kube_config: Option<Value>,
 }
 
 impl Cluster {
@@ -620,7 +651,25 @@ impl Cluster {
             ipv6: false,
             ip_masq: true,
             args: Vec::new(),
+            kube: false,
         }
+    }
+
+    /// The fake API server (Kubernetes mode only).
+    pub fn api(&self) -> &apiserver_fake::FakeApiServer {
+        self.kube
+            .as_ref()
+            .expect("a Kubernetes-mode cluster (Builder::kube)")
+    }
+
+    /// Whether the cluster runs in Kubernetes mode.
+    pub fn is_kube(&self) -> bool {
+        self.kube.is_some()
+    }
+
+    /// The Kubernetes Node name of node `n`.
+    pub fn node_name(n: usize) -> String {
+        format!("n{n}")
     }
 
     fn add_ns(&mut self, name: &str) {
@@ -829,6 +878,18 @@ impl Cluster {
             ])
             .must();
         }
+        if let Some(api) = &self.kube {
+            let cfg = self.kube_config.clone().unwrap_or(Value::Null);
+            let mut cidrs = Vec::new();
+            if cfg["EnableIPv4"] != false {
+                cidrs.push(format!("10.244.{n}.0/24"));
+            }
+            if cfg["EnableIPv6"] == true {
+                cidrs.push(format!("fd00:10:244:{n:x}::/64"));
+            }
+            let refs: Vec<&str> = cidrs.iter().map(String::as_str).collect();
+            api.add_node(&Self::node_name(n), &refs, json!({}), &ip4.to_string());
+        }
         self.nodes.push(Node {
             n,
             subnet_file: self.dir.join(format!("n{n}.env")),
@@ -860,10 +921,22 @@ impl Cluster {
     pub fn flanneld_args(&self, n: usize) -> Vec<String> {
         let node = self.node(n);
         let mut a = vec![
-            format!("--etcd-endpoints={ETCD_URL}"),
             format!("--subnet-file={}", node.subnet_file.display()),
             format!("--healthz-port={HEALTHZ_PORT}"),
         ];
+        if self.kube.is_some() {
+            a.push("--kube-subnet-mgr".into());
+            a.push(format!(
+                "--kubeconfig-file={}",
+                self.dir.join("kubeconfig").display()
+            ));
+            a.push(format!(
+                "--net-config-path={}",
+                self.dir.join("net-conf.json").display()
+            ));
+        } else {
+            a.push(format!("--etcd-endpoints={ETCD_URL}"));
+        }
         if self.ip_masq {
             a.push("--ip-masq".into());
         }
@@ -885,6 +958,7 @@ impl Cluster {
         let _ = writeln!(log, "===== harness: starting flanneld {}", args.join(" "));
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let child = ns_command(&node.ns, flanneld_bin(), &a)
+            .env("NODE_NAME", format!("n{n}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -898,6 +972,11 @@ impl Cluster {
         for n in self.node_ids() {
             self.start(n);
         }
+    }
+
+    /// The pid of node `n`'s flanneld, if running.
+    pub fn pid(&self, n: usize) -> Option<u32> {
+        self.nodes[n - 1].child.as_ref().map(|c| c.id())
     }
 
     /// Whether node `n`'s flanneld is running (records its exit status when it ended).
@@ -1066,8 +1145,28 @@ impl Cluster {
         k
     }
 
-    /// Node `n`'s lease value from etcd.
+    /// Node `n`'s lease value from etcd; in Kubernetes mode the same JSON made from its Node's annotations.
     pub fn lease(&self, n: usize) -> Value {
+        if let Some(api) = &self.kube {
+            let node = api
+                .node(&Self::node_name(n))
+                .unwrap_or_else(|| panic!("no Node n{n}"));
+            let a = &node["metadata"]["annotations"];
+            let p = "flannel.alpha.coreos.com";
+            let data = |k: &str| {
+                a[format!("{p}/{k}")]
+                    .as_str()
+                    .and_then(|s| serde_json::from_str::<Value>(s).ok())
+                    .unwrap_or(Value::Null)
+            };
+            return json!({
+                "PublicIP": a[format!("{p}/public-ip")],
+                "PublicIPv6": a[format!("{p}/public-ipv6")],
+                "BackendType": a[format!("{p}/backend-type")],
+                "BackendData": data("backend-data"),
+                "BackendV6Data": data("backend-v6-data"),
+            });
+        }
         let k = self.lease_key(n);
         let mut all = self.leases();
         all.remove(&k)
@@ -1384,6 +1483,7 @@ impl Drop for Cluster {
             }
         }
         self.kill_etcd();
+        drop(self.kube.take());
         // Pods first, then nodes, then the fabric (reverse creation order).
         for ns in self.namespaces.iter().rev() {
             let _ = ip(&["netns", "del", ns]);

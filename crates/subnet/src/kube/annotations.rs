@@ -108,18 +108,43 @@ mod tests {
     fn default_prefix_and_normalisation_as_upstream() {
         let a = Annotations::new("flannel.alpha.coreos.com").unwrap();
         assert_eq!(a.backend_data, "flannel.alpha.coreos.com/backend-data");
-        assert_eq!(a.subnet_kube_managed, "flannel.alpha.coreos.com/kube-subnet-manager");
-        assert_eq!(a.public_ip_overwrite, "flannel.alpha.coreos.com/public-ip-overwrite");
-        assert_eq!(a.node_public_ipv6, "flannel.alpha.coreos.com/node-public-ipv6");
+        assert_eq!(
+            a.subnet_kube_managed,
+            "flannel.alpha.coreos.com/kube-subnet-manager"
+        );
+        assert_eq!(
+            a.public_ip_overwrite,
+            "flannel.alpha.coreos.com/public-ip-overwrite"
+        );
+        assert_eq!(
+            a.node_public_ipv6,
+            "flannel.alpha.coreos.com/node-public-ipv6"
+        );
         // With a slash and a name: a '-' joins it.
         let a = Annotations::new("example.com/foo").unwrap();
         assert_eq!(a.backend_type, "example.com/foo-backend-type");
-        assert_eq!(Annotations::new("example.com/foo-").unwrap().backend_type, "example.com/foo-backend-type");
-        assert_eq!(Annotations::new("example.com/").unwrap().backend_type, "example.com/backend-type");
-        for bad in ["a/b/c", "nodots", "UPPER.COM", "example.com/Foo", "example.com/fo o", ""] {
+        assert_eq!(
+            Annotations::new("example.com/foo-").unwrap().backend_type,
+            "example.com/foo-backend-type"
+        );
+        assert_eq!(
+            Annotations::new("example.com/").unwrap().backend_type,
+            "example.com/backend-type"
+        );
+        for bad in [
+            "a/b/c",
+            "nodots",
+            "UPPER.COM",
+            "example.com/Foo",
+            "example.com/fo o",
+            "",
+        ] {
             assert!(Annotations::new(bad).is_err(), "{bad:?} should be refused");
         }
-        assert!(matches!(Annotations::new("a/b/c"), Err(PrefixError::Slashes(_))));
+        assert!(matches!(
+            Annotations::new("a/b/c"),
+            Err(PrefixError::Slashes(_))
+        ));
     }
 
     proptest! {

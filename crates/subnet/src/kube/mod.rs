@@ -105,9 +105,10 @@ async fn client_config(o: &KubeOptions) -> Result<kube::Config, RegistryError> {
         // An API URL alone: the pod's service account when there is one (its token and CA), else the bare URL.
         (None, Some(url)) => match incluster() {
             Ok(c) => c,
-            Err(_) => kube::Config::new(url.parse().map_err(|e| {
-                RegistryError::Options(format!("--kube-api-url {url:?}: {e}"))
-            })?),
+            Err(_) => kube::Config::new(
+                url.parse()
+                    .map_err(|e| RegistryError::Options(format!("--kube-api-url {url:?}: {e}")))?,
+            ),
         },
         (None, None) => incluster()?,
     };
@@ -200,11 +201,18 @@ impl KubeSource {
             .map_err(|e| api_error(&what, e))
     }
 
-    async fn patch_annotations(&self, changes: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    async fn patch_annotations(
+        &self,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<(), RegistryError> {
         let what = format!("patch nodes/{}/status (annotations)", self.node);
         let patch = json!({"metadata": {"annotations": changes}});
         self.nodes
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(patch))
+            .patch_status(
+                &self.node,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
             .await
             .map(|_| ())
             .map_err(|e| api_error(&what, e))
@@ -218,9 +226,16 @@ pub fn annotation_changes(
     attrs: &LeaseAttrs,
     node: &NodeLite,
 ) -> BTreeMap<String, String> {
-    let text = |v: &Option<Value>| v.as_ref().map_or_else(|| "null".to_string(), Value::to_string);
+    let text = |v: &Option<Value>| {
+        v.as_ref()
+            .map_or_else(|| "null".to_string(), Value::to_string)
+    };
     let (bd, bd6) = (text(&attrs.backend_data), text(&attrs.backend_v6_data));
-    let overwrite = |k: &str| node.annotation(k).filter(|s| !s.is_empty()).map(str::to_string);
+    let overwrite = |k: &str| {
+        node.annotation(k)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+    };
     let mut want: BTreeMap<String, String> = BTreeMap::new();
     want.insert(a.backend_type.clone(), attrs.backend_type.clone());
     if !(attrs.backend_type == "vxlan" && bd == "null") {
@@ -281,7 +296,11 @@ impl SubnetManager for KubeSource {
             }
         };
         let name = n.name().to_string();
-        let ip = |k: &str| n.annotation(k).filter(|s| !s.is_empty()).map(str::to_string);
+        let ip = |k: &str| {
+            n.annotation(k)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
         let public_ip = ip(&self.ann.node_public_ip).and_then(|s| {
             s.parse()
                 .inspect_err(|_| warn!(node = %name, annotation = %self.ann.node_public_ip, value = %s, "not an IPv4 address; ignored"))
@@ -306,13 +325,22 @@ impl SubnetManager for KubeSource {
         }
     }
 
-    async fn acquire(&self, cfg: &NetworkConfig, attrs: &LeaseAttrs) -> Result<Lease, ManagerError> {
+    async fn acquire(
+        &self,
+        cfg: &NetworkConfig,
+        attrs: &LeaseAttrs,
+    ) -> Result<Lease, ManagerError> {
         let n = self.own_node().await?;
-        let (v4, v6) = n.pod_cidrs().map_err(|e| ManagerError::Store(RegistryError::Other(e)))?;
+        let (v4, v6) = n
+            .pod_cidrs()
+            .map_err(|e| ManagerError::Store(RegistryError::Other(e)))?;
         let v4 = v4.filter(|_| cfg.enable_ipv4);
         let v6 = v6.filter(|_| cfg.enable_ipv6);
         let dual = cfg.enable_ipv4 && cfg.enable_ipv6;
-        let need = match (cfg.enable_ipv4 && v4.is_none(), cfg.enable_ipv6 && v6.is_none()) {
+        let need = match (
+            cfg.enable_ipv4 && v4.is_none(),
+            cfg.enable_ipv6 && v6.is_none(),
+        ) {
             (false, false) => None,
             (true, false) if dual => Some("IPv4 podCIDR"),
             (false, true) if dual => Some("IPv6 podCIDR"),
@@ -354,7 +382,9 @@ impl SubnetManager for KubeSource {
             match cfg.ipv6_network {
                 Some(net) if net.contains(&s) => {}
                 other => {
-                    let net = other.map(|n| n.to_string()).unwrap_or_else(|| "(none)".into());
+                    let net = other
+                        .map(|n| n.to_string())
+                        .unwrap_or_else(|| "(none)".into());
                     return Err(mismatch("IPv6Network", net, s.to_string()));
                 }
             }
@@ -389,9 +419,16 @@ impl SubnetManager for KubeSource {
             "lastTransitionTime": now,
             "lastHeartbeatTime": now,
         }]}});
-        let what = format!("patch nodes/{}/status (NetworkUnavailable condition)", self.node);
+        let what = format!(
+            "patch nodes/{}/status (NetworkUnavailable condition)",
+            self.node
+        );
         self.nodes
-            .patch_status(&self.node, &PatchParams::default(), &Patch::Strategic(patch))
+            .patch_status(
+                &self.node,
+                &PatchParams::default(),
+                &Patch::Strategic(patch),
+            )
             .await
             .map_err(|e| ManagerError::Store(api_error(&what, e)))?;
         info!(node = %self.node, "node condition NetworkUnavailable=False (FlannelIsUp)");
@@ -594,29 +631,30 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
                 continue;
             }
         };
-        let mut convert = |n: &NodeLite, counter: &mut i64, current: Option<&Lease>| -> Option<Lease> {
-            if n.name() == src.node {
-                return None;
-            }
-            match node_lease(&src.ann, enable4, enable6, n, *counter + 1) {
-                Ok(Some(mut l)) => {
-                    bad.remove(n.name());
-                    match current {
-                        Some(c) if c.same_peer(&l) => l.revision = c.revision,
-                        _ => *counter += 1,
-                    }
-                    Some(l)
+        let mut convert =
+            |n: &NodeLite, counter: &mut i64, current: Option<&Lease>| -> Option<Lease> {
+                if n.name() == src.node {
+                    return None;
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    if bad.get(n.name()) != Some(&e) {
-                        warn!("ignoring node: {e}");
-                        bad.insert(n.name().to_string(), e);
+                match node_lease(&src.ann, enable4, enable6, n, *counter + 1) {
+                    Ok(Some(mut l)) => {
+                        bad.remove(n.name());
+                        match current {
+                            Some(c) if c.same_peer(&l) => l.revision = c.revision,
+                            _ => *counter += 1,
+                        }
+                        Some(l)
                     }
-                    None
+                    Ok(None) => None,
+                    Err(e) => {
+                        if bad.get(n.name()) != Some(&e) {
+                            warn!("ignoring node: {e}");
+                            bad.insert(n.name().to_string(), e);
+                        }
+                        None
+                    }
                 }
-            }
-        };
+            };
         match ev {
             WatchEvent::Init => fresh = Some(PeerSet::default()),
             WatchEvent::InitApply(n) => {
@@ -635,7 +673,10 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
                     tx.send_modify(|s| {
                         let same = s.synced
                             && s.leases.len() == leases.len()
-                            && s.leases.iter().zip(leases.iter()).all(|((ka, a), (kb, b))| ka == kb && a.same_peer(b));
+                            && s.leases
+                                .iter()
+                                .zip(leases.iter())
+                                .all(|((ka, a), (kb, b))| ka == kb && a.same_peer(b));
                         s.leases = leases;
                         s.revision = rev;
                         if !s.synced || !same {
@@ -649,7 +690,11 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
             }
             WatchEvent::Apply(n) => {
                 let name = n.name().to_string();
-                let current = set.by_name.get(&name).and_then(|k| set.leases.get(k)).cloned();
+                let current = set
+                    .by_name
+                    .get(&name)
+                    .and_then(|k| set.leases.get(k))
+                    .cloned();
                 let changed = match convert(&n, &mut counter, current.as_ref()) {
                     Some(l) => set.upsert(&name, l),
                     None => set.remove(&name),
@@ -698,7 +743,8 @@ mod tests {
     }
 
     fn node_with(annotations: Value) -> NodeLite {
-        serde_json::from_value(json!({"metadata": {"name": "n1", "annotations": annotations}})).unwrap()
+        serde_json::from_value(json!({"metadata": {"name": "n1", "annotations": annotations}}))
+            .unwrap()
     }
 
     #[test]
@@ -764,13 +810,22 @@ mod tests {
         assert!(s.upsert("a", lease("10.244.2.0-24", 2, 10)));
         // A newer Node with the same podCIDR waits in the shadows.
         assert!(!s.upsert("b", lease("10.244.2.0-24", 3, 20)));
-        assert_eq!(s.leases.values().next().unwrap().attrs.public_ip, Ipv4Addr::new(192, 0, 2, 2));
+        assert_eq!(
+            s.leases.values().next().unwrap().attrs.public_ip,
+            Ipv4Addr::new(192, 0, 2, 2)
+        );
         // The holder goes: the shadowed one takes over.
         assert!(s.remove("a"));
-        assert_eq!(s.leases.values().next().unwrap().attrs.public_ip, Ipv4Addr::new(192, 0, 2, 3));
+        assert_eq!(
+            s.leases.values().next().unwrap().attrs.public_ip,
+            Ipv4Addr::new(192, 0, 2, 3)
+        );
         // A Node changing its subnet moves.
         assert!(s.upsert("b", lease("10.244.5.0-24", 3, 20)));
-        assert_eq!(s.leases.keys().map(|k| k.to_string()).collect::<Vec<_>>(), vec!["10.244.5.0-24"]);
+        assert_eq!(
+            s.leases.keys().map(|k| k.to_string()).collect::<Vec<_>>(),
+            vec!["10.244.5.0-24"]
+        );
         assert!(s.remove("b") && s.leases.is_empty() && s.by_name.is_empty());
         assert!(!s.remove("b"));
     }

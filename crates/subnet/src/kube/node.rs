@@ -97,7 +97,13 @@ impl NodeLite {
         let name = self.name();
         let list: Vec<&str> = match &self.spec.pod_cidrs {
             Some(l) if !l.is_empty() => l.iter().map(String::as_str).collect(),
-            _ => self.spec.pod_cidr.as_deref().into_iter().filter(|s| !s.is_empty()).collect(),
+            _ => self
+                .spec
+                .pod_cidr
+                .as_deref()
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect(),
         };
         if list.len() > 2 {
             return Err(format!(
@@ -157,7 +163,10 @@ pub fn node_lease(
         Some(_) => {
             let text = node.annotation(&a.public_ip).unwrap_or_default();
             text.parse().map_err(|_| {
-                format!("node {name:?}: annotation {} {text:?} is not an IPv4 address", a.public_ip)
+                format!(
+                    "node {name:?}: annotation {} {text:?} is not an IPv4 address",
+                    a.public_ip
+                )
             })?
         }
     };
@@ -166,20 +175,30 @@ pub fn node_lease(
         Some(_) => {
             let text = node.annotation(&a.public_ipv6).unwrap_or_default();
             Some(text.parse::<Ipv6Addr>().map_err(|_| {
-                format!("node {name:?}: annotation {} {text:?} is not an IPv6 address", a.public_ipv6)
+                format!(
+                    "node {name:?}: annotation {} {text:?} is not an IPv6 address",
+                    a.public_ipv6
+                )
             })?)
         }
     };
     let attrs = LeaseAttrs {
         public_ip,
         public_ipv6,
-        backend_type: node.annotation(&a.backend_type).unwrap_or_default().to_string(),
+        backend_type: node
+            .annotation(&a.backend_type)
+            .unwrap_or_default()
+            .to_string(),
         backend_data: match v4 {
             Some(_) => backend_data(name, &a.backend_data, node.annotation(&a.backend_data))?,
             None => None,
         },
         backend_v6_data: match v6 {
-            Some(_) => backend_data(name, &a.backend_v6_data, node.annotation(&a.backend_v6_data))?,
+            Some(_) => backend_data(
+                name,
+                &a.backend_v6_data,
+                node.annotation(&a.backend_v6_data),
+            )?,
             None => None,
         },
     };
@@ -231,12 +250,18 @@ mod tests {
 
     #[test]
     fn a_peer_node_is_a_lease() {
-        let n = node(json!({}), json!({"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}));
+        let n = node(
+            json!({}),
+            json!({"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}),
+        );
         let l = node_lease(&ann(), true, false, &n, 7).unwrap().unwrap();
         assert_eq!(l.key().to_string(), "10.244.2.0-24");
         assert_eq!(l.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 2));
         assert_eq!(l.attrs.backend_type, "vxlan");
-        assert_eq!(l.attrs.backend_data, Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"})));
+        assert_eq!(
+            l.attrs.backend_data,
+            Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}))
+        );
         assert_eq!((l.revision, l.created), (7, 1_793_527_200));
     }
 
@@ -259,7 +284,11 @@ mod tests {
     #[test]
     fn unmanaged_or_podcidr_less_nodes_are_not_peers() {
         let mut n = node(json!({}), json!({"podCIDR": "10.244.2.0/24"}));
-        n.metadata.annotations.as_mut().unwrap().remove("flannel.alpha.coreos.com/kube-subnet-manager");
+        n.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .remove("flannel.alpha.coreos.com/kube-subnet-manager");
         assert_eq!(node_lease(&ann(), true, false, &n, 1), Ok(None));
         let n = node(json!({}), json!({}));
         assert_eq!(node_lease(&ann(), true, false, &n, 1), Ok(None));
@@ -268,11 +297,27 @@ mod tests {
     #[test]
     fn malformed_nodes_are_errors_naming_node_and_field() {
         for (extra, spec, want) in [
-            (json!({"flannel.alpha.coreos.com/public-ip": "nope"}), json!({"podCIDR": "10.244.2.0/24"}), "public-ip"),
-            (json!({"flannel.alpha.coreos.com/backend-data": "{"}), json!({"podCIDR": "10.244.2.0/24"}), "backend-data"),
+            (
+                json!({"flannel.alpha.coreos.com/public-ip": "nope"}),
+                json!({"podCIDR": "10.244.2.0/24"}),
+                "public-ip",
+            ),
+            (
+                json!({"flannel.alpha.coreos.com/backend-data": "{"}),
+                json!({"podCIDR": "10.244.2.0/24"}),
+                "backend-data",
+            ),
             (json!({}), json!({"podCIDR": "10.244.2.0"}), "not a CIDR"),
-            (json!({}), json!({"podCIDRs": ["10.0.0.0/24", "10.0.1.0/24"]}), "two CIDRs"),
-            (json!({}), json!({"podCIDRs": ["10.0.0.0/24", "fd00::/64", "fd01::/64"]}), "at most one"),
+            (
+                json!({}),
+                json!({"podCIDRs": ["10.0.0.0/24", "10.0.1.0/24"]}),
+                "two CIDRs",
+            ),
+            (
+                json!({}),
+                json!({"podCIDRs": ["10.0.0.0/24", "fd00::/64", "fd01::/64"]}),
+                "at most one",
+            ),
         ] {
             let e = node_lease(&ann(), true, true, &node(extra, spec), 1).unwrap_err();
             assert!(e.contains("\"n2\"") && e.contains(want), "{e}");
