@@ -335,7 +335,9 @@ pub fn command() -> Command {
         .about("flannel daemon: leases a subnet per node and programs the overlay between nodes")
         .after_help(
             "Flags also take Go's forms: -flag, -flag=value, -flag value; booleans --flag, --flag=false. \
-             Each flag FOO-BAR not given on the command line is read from FLANNELD_FOO_BAR.",
+             Each flag FOO-BAR not given on the command line is read from FLANNELD_FOO_BAR.\n\n\
+             `flanneld install-cni` installs the CNI plugins and the conflist on the node \
+             (the DaemonSet's init step; `flanneld install-cni --help`).",
         );
     cmd.mut_args(|a| {
         let Some(long) = a.get_long() else {

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod daemon;
 pub mod health;
 pub mod iface;
+pub mod install_cni;
 pub mod memory;
 pub mod subnet_file;
 pub mod traffic;
