@@ -597,6 +597,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_subnets_outside_misaligned_or_with_host_bits_are_refused() {
+        let rules = NetworkRules {
+            v4: Some(("10.244.0.0/16".parse().unwrap(), 24)),
+            v6: Some(("fc00::/48".parse().unwrap(), 64)),
+        };
+        let mut a = Admission::new(rules, None, None);
+        let mk = |key: &str, n: u8| {
+            let mut l = lease(
+                key,
+                "192.0.2.2",
+                &format!("0e:00:00:00:01:{n:02x}"),
+                n.into(),
+            );
+            l.attrs.public_ipv6 = Some("2001:db8::2".parse().unwrap());
+            l
+        };
+        let got = a.admit(
+            &set(vec![
+                mk("10.244.2.0-24&fc00:0:0:2::-64", 2),
+                // Covers the IPv6 underlay (2001:db8::/32 documentation range).
+                mk("10.244.3.0-24&2001:db8::-64", 3),
+                mk("10.244.4.0-24&fc00:0:0:4::-80", 4),
+                mk("10.244.5.0-24&fc00::-40", 5),
+                mk("10.244.6.0-24&fc00:0:0:6::5-64", 6),
+                mk("10.244.7.0-24&::-0", 7),
+            ]),
+            &vx(),
+        );
+        assert_eq!(keys(&got), vec!["10.244.2.0-24&fc00:0:0:2::-64"]);
+        assert!(reason(&a, "10.244.3.0-24&2001:db8::-64").contains("outside the network fc00::/48"));
+        assert!(reason(&a, "10.244.4.0-24&fc00:0:0:4::-80").contains("not a /64"));
+        assert!(reason(&a, "10.244.5.0-24&fc00::-40").contains("outside"));
+        assert!(reason(&a, "10.244.6.0-24&fc00:0:0:6::5-64").contains("host bits"));
+        assert!(!reason(&a, "10.244.7.0-24&::-0").is_empty());
+        assert_eq!(a.refused().len(), 5);
+    }
+
+    #[test]
     fn bad_public_ips_and_macs_are_refused() {
         let mut a = admission();
         a.admit(

@@ -424,9 +424,10 @@ async fn twenty_processes_acquire_distinct_subnets() {
     assert_eq!(seen, subnets, "the watcher saw every acquisition");
 }
 
-/// Time from a lease write in one process to the watch event in another.
+/// Every lease written by another process reaches this process's watch, once each (the latency is printed for
+/// information only: time is measured by `flannelctl bench convergence`, never asserted here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cross_process_watch_latency() {
+async fn cross_process_writes_reach_the_watch() {
     let fx = LocalFixture::new();
     let r = fx.registry();
     let (_, start) = r.get_subnets().await.expect("list");
@@ -471,9 +472,7 @@ async fn cross_process_watch_latency() {
         "write start (other process) -> watch event: min {:?}, median {median:?}, max {max:?}; {wrote}",
         lat[0]
     );
-    // Generous bound: inotify delivers in well under a millisecond, the polling fallback
-    // within 100 ms.
-    assert!(max < Duration::from_millis(500), "{lat:?}");
+    assert_eq!(lat.len(), usize::from(n), "one Added event per write");
 }
 
 #[tokio::test]
