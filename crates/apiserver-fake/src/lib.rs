@@ -59,12 +59,13 @@ struct Inner {
     epoch: u64,
     /// Requests served, as `METHOD path?query` (for tests that count lists or watches).
     requests: Vec<String>,
+    /// The bearer token clients must send (changed by [`FakeApiServer::rotate_token`]).
+    token: String,
 }
 
 struct Shared {
     inner: Mutex<Inner>,
     notify: Notify,
-    token: String,
     bookmark_every: Duration,
 }
 
@@ -133,7 +134,7 @@ fn authorize(
     resource: &str,
     name: &str,
 ) -> Result<(), Box<Response>> {
-    let want = format!("Bearer {}", s.token);
+    let want = format!("Bearer {}", s.lock().token);
     if headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -543,6 +544,7 @@ pub struct FakeApiServer {
     up: watch::Sender<bool>,
     stop: watch::Sender<bool>,
     thread: Option<std::thread::JoinHandle<()>>,
+    tid: i32,
 }
 
 /// Where and how to serve.
@@ -635,16 +637,16 @@ impl FakeApiServer {
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
                 rv: 1,
+                token: opts.token,
                 ..Default::default()
             }),
             notify: Notify::new(),
-            token: opts.token,
             bookmark_every: opts.bookmark_every,
         });
         let tls = make_tls(opts.addr.ip())?;
         let (up_tx, up_rx) = watch::channel(true);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, String>>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(SocketAddr, i32), String>>();
         let (sh, cfg, netns, addr) = (shared.clone(), tls.config.clone(), opts.netns, opts.addr);
         let thread = std::thread::spawn(move || {
             if let Some(ns) = netns {
@@ -678,11 +680,11 @@ impl FakeApiServer {
                     }
                 };
                 let bound = l.local_addr().unwrap_or(addr);
-                let _ = ready_tx.send(Ok(bound));
+                let _ = ready_tx.send(Ok((bound, nix::unistd::gettid().as_raw())));
                 serve(sh, cfg, Some(l), bound, up_rx, stop_rx).await;
             });
         });
-        let addr = ready_rx
+        let (addr, tid) = ready_rx
             .recv()
             .map_err(|_| "the server thread ended before it listened".to_string())??;
         Ok(FakeApiServer {
@@ -692,7 +694,14 @@ impl FakeApiServer {
             up: up_tx,
             stop: stop_tx,
             thread: Some(thread),
+            tid,
         })
+    }
+
+    /// The kernel thread id of the thread that serves every request (`/proc/self/task/<tid>/stat` has its CPU
+    /// time: what serving costs, apart from the test's own threads).
+    pub fn server_thread_id(&self) -> i32 {
+        self.tid
     }
 
     /// The address it listens on.
@@ -711,8 +720,18 @@ impl FakeApiServer {
     }
 
     /// The bearer token clients must send.
-    pub fn token(&self) -> &str {
-        &self.shared.token
+    pub fn token(&self) -> String {
+        self.shared.lock().token.clone()
+    }
+
+    /// A rotated service-account token: from now on only `new` is accepted (the old one has expired), and every
+    /// open watch ends, as when the apiserver closes a connection whose credentials are no longer valid.
+    pub fn rotate_token(&self, new: &str) {
+        let mut g = self.shared.lock();
+        g.token = new.to_string();
+        g.epoch += 1;
+        drop(g);
+        self.shared.notify.notify_waiters();
     }
 
     /// Writes a kubeconfig for this server (CA inline, the token inline, or read from `token_file`).
@@ -720,7 +739,7 @@ impl FakeApiServer {
         let ca = base64::engine::general_purpose::STANDARD.encode(self.ca_pem.as_bytes());
         let user = match token_file {
             Some(f) => format!("    tokenFile: {}\n", f.display()),
-            None => format!("    token: {}\n", self.shared.token),
+            None => format!("    token: {}\n", self.token()),
         };
         std::fs::write(
             path,

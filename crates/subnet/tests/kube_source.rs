@@ -474,7 +474,7 @@ async fn missing_rights_and_bad_token_name_the_verb_and_resource() {
     let kc = fx.dir.join("kubeconfig");
     let text = std::fs::read_to_string(&kc)
         .unwrap()
-        .replace(fx.api.token(), "wrong");
+        .replace(&fx.api.token(), "wrong");
     std::fs::write(&kc, text).unwrap();
     let src = fx.source("n1").await;
     let e = src.acquire(&cfg, &attrs()).await.unwrap_err().to_string();
@@ -536,4 +536,53 @@ async fn own_annotations_are_written_back_when_changed_by_someone_else() {
     .await;
     assert!(published.is_ok(), "{:?}", fx.api.node("n1"));
     keeper.abort();
+}
+
+/// A service-account token rotates (the kubelet rewrites the projected token file; the old token expires): the
+/// client reads the file again and the Node watch carries on. The kubeconfig's `tokenFile` is the same mechanism
+/// the in-cluster config uses for `/var/run/secrets/kubernetes.io/serviceaccount/token`, which a test cannot
+/// write on the host. The client re-reads a token file at most once a minute, so this takes one to two minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_is_read_again() {
+    let fx = Fixture::new();
+    let token = fx.dir.join("token");
+    std::fs::write(&token, fx.api.token()).expect("token file");
+    fx.api
+        .write_kubeconfig(&fx.dir.join("kubeconfig"), Some(&token))
+        .expect("kubeconfig");
+    fx.api
+        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.peer("n2", 2);
+    let src = fx.source("n1").await;
+    let cfg = src.network_config().await.expect("config");
+    let own = src.acquire(&cfg, &attrs()).await.expect("acquire");
+    let w = src.watch_peers(own.key());
+    let mut rx = w.subscribe();
+    wait_snapshot(&mut rx, "initial list", |s| s.synced && s.leases.len() == 1).await;
+
+    // Rotate: the file first (as the kubelet does, ahead of expiry), then the server stops taking the old token.
+    std::fs::write(&token, "rotated-token").expect("rotate token file");
+    fx.api.rotate_token("rotated-token");
+    fx.peer("n3", 3);
+    let got = timeout(Duration::from_secs(150), async {
+        loop {
+            if rx.borrow_and_update().leases.len() == 2 {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                panic!("watcher ended");
+            }
+        }
+    })
+    .await;
+    assert!(
+        got.is_ok(),
+        "the watch did not come back with the rotated token: {:?}",
+        keys(&rx.borrow())
+    );
+    // The peers known before stayed published while the old token was refused.
+    assert!(rx
+        .borrow()
+        .leases
+        .contains_key(&"10.244.2.0-24".parse().unwrap()));
 }
