@@ -345,6 +345,48 @@ fn missing_rights_or_kubeconfig_exit_with_a_clear_error() {
     assert!(c.log(2).contains("nope"), "{}", c.log_tail(2));
 }
 
+/// As in a pod: no kubeconfig, the API from `KUBERNETES_SERVICE_HOST/PORT`, the service account's token and CA at
+/// the fixed path. Then the token rotates (the kubelet rewrites the projected file; the old token stops working):
+/// flanneld reads the file again and keeps following the Nodes. The client re-reads a token file at most once a
+/// minute, so the bound below is generous.
+fn in_cluster_service_account_and_token_rotation() {
+    let mut c = kube_cluster(1, "vxlan").build();
+    c.in_cluster(1);
+    c.start(1);
+    c.wait_ready(1, secs(30));
+    assert!(
+        c.log(1).contains("192.0.2.254:6443"),
+        "the in-cluster server is used: {}",
+        c.log_tail(1)
+    );
+    let token = c.service_account_token_path(1);
+    fs_write(&token, "rotated-token");
+    c.api().rotate_token("rotated-token");
+    c.api().add_node(
+        "n9",
+        &["10.244.9.0/24"],
+        json!({format!("{P}/kube-subnet-manager"): "true", format!("{P}/backend-type"): "vxlan",
+               format!("{P}/backend-data"): "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:09\"}",
+               format!("{P}/public-ip"): "192.0.2.9"}),
+        "192.0.2.9",
+    );
+    let s9: ipnet::Ipv4Net = "10.244.9.0/24".parse().unwrap();
+    wait_ok(secs(150), ms(500), || {
+        c.vxlan_programmed(1, s9, "0e:00:00:00:00:09", Ipv4Addr::new(192, 0, 2, 9))
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "no Node watch with the rotated token: {e}\n{}",
+            c.log_tail(1)
+        )
+    });
+    assert!(c.is_running(1), "{}", c.log_tail(1));
+}
+
+fn fs_write(p: &std::path::Path, s: &str) {
+    std::fs::write(p, s).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+}
+
 testkit::main!(
     vxlan_three_nodes_from_node_podcidrs,
     host_gw_three_nodes_from_node_podcidrs,
@@ -354,4 +396,5 @@ testkit::main!(
     vtep_mac_from_the_annotation_survives_restarts,
     dual_stack_from_podcidrs,
     missing_rights_or_kubeconfig_exit_with_a_clear_error,
+    in_cluster_service_account_and_token_rotation,
 );

@@ -480,6 +480,9 @@ pub struct Node {
     pub log: PathBuf,
     /// Extra flanneld arguments for this node only.
     pub extra_args: Vec<String>,
+    /// Kubernetes mode with the pod's service account instead of a kubeconfig: the directory holding the `token`,
+    /// `ca.crt` and `namespace` files that are mounted for it (see [`Cluster::in_cluster`]).
+    pub service_account: Option<PathBuf>,
     child: Option<Child>,
     /// Exit status of the last daemon that ended while we watched.
     pub last_exit: Option<ExitStatus>,
@@ -898,6 +901,7 @@ impl Cluster {
             ip: ip4,
             ip6,
             extra_args: Vec::new(),
+            service_account: None,
             child: None,
             last_exit: None,
         });
@@ -926,10 +930,12 @@ impl Cluster {
         ];
         if self.kube.is_some() {
             a.push("--kube-subnet-mgr".into());
-            a.push(format!(
-                "--kubeconfig-file={}",
-                self.dir.join("kubeconfig").display()
-            ));
+            if node.service_account.is_none() {
+                a.push(format!(
+                    "--kubeconfig-file={}",
+                    self.dir.join("kubeconfig").display()
+                ));
+            }
             a.push(format!(
                 "--net-config-path={}",
                 self.dir.join("net-conf.json").display()
@@ -957,7 +963,37 @@ impl Cluster {
             .expect("open flanneld log");
         let _ = writeln!(log, "===== harness: starting flanneld {}", args.join(" "));
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        let child = ns_command(&node.ns, flanneld_bin(), &a)
+        let mut cmd = match &node.service_account {
+            None => ns_command(&node.ns, flanneld_bin(), &a),
+            // As in a pod: the service account's files at the fixed path, the API in KUBERNETES_SERVICE_*. The files
+            // go on a tmpfs over /run in a mount namespace of flanneld's own (/var/run is /run), so nothing is
+            // written on the host; the test reaches them through /proc/<pid>/root.
+            Some(sa) => {
+                let bin = flanneld_bin();
+                let mut wrapped = vec![
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    "mount -t tmpfs tmpfs /run && mkdir -p /run/secrets/kubernetes.io/serviceaccount && \
+                     cp \"$1\"/token \"$1\"/ca.crt \"$1\"/namespace /run/secrets/kubernetes.io/serviceaccount/ && \
+                     shift && exec \"$@\"",
+                    "sh",
+                ];
+                let sa = sa.to_string_lossy().into_owned();
+                let bin = bin.to_string_lossy().into_owned();
+                wrapped.push(&sa);
+                wrapped.push(&bin);
+                wrapped.extend(a.iter().copied());
+                let mut c = ns_command(&node.ns, "unshare", &wrapped);
+                let api = self.kube.as_ref().expect("in-cluster needs Builder::kube");
+                c.env("KUBERNETES_SERVICE_HOST", api.addr().ip().to_string())
+                    .env("KUBERNETES_SERVICE_PORT", api.addr().port().to_string());
+                c
+            }
+        };
+        let child = cmd
             .env("NODE_NAME", format!("n{n}"))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
@@ -972,6 +1008,26 @@ impl Cluster {
         for n in self.node_ids() {
             self.start(n);
         }
+    }
+
+    /// Node `n`'s flanneld (from its next start) finds the API as in a pod: `KUBERNETES_SERVICE_HOST/PORT` and the
+    /// service account's token and CA under `/var/run/secrets/kubernetes.io/serviceaccount`, no kubeconfig.
+    pub fn in_cluster(&mut self, n: usize) {
+        let api = self.kube.as_ref().expect("in-cluster needs Builder::kube");
+        let sa = self.dir.join(format!("serviceaccount-n{n}"));
+        fs::create_dir_all(&sa).expect("service account dir");
+        fs::write(sa.join("token"), api.token()).expect("token");
+        fs::write(sa.join("ca.crt"), api.ca_pem()).expect("ca.crt");
+        fs::write(sa.join("namespace"), "kube-flannel").expect("namespace");
+        self.nodes[n - 1].service_account = Some(sa);
+    }
+
+    /// The service-account token file node `n`'s running flanneld reads (in its own mount namespace).
+    pub fn service_account_token_path(&self, n: usize) -> PathBuf {
+        let pid = self.pid(n).expect("flanneld running");
+        PathBuf::from(format!(
+            "/proc/{pid}/root/run/secrets/kubernetes.io/serviceaccount/token"
+        ))
     }
 
     /// The pid of node `n`'s flanneld, if running.
