@@ -318,6 +318,16 @@ pub async fn run(opts: Options) -> Result<Exit> {
     let (ip_masq, fwd) = (opts.ip_masq, opts.iptables_forward_rules);
     let (net4, net6) = (local.network, local.ipv6_network);
     let traffic = blocking(move || -> Result<TrafficManager> {
+        // In a container image `iptables` is the image's variant, which may not be the host's (a packet must pass
+        // both variants' FORWARD): use the one the kubelet's and the host's rules are in (upstream's image does
+        // the same with a wrapper script).
+        match kernel::firewall::detect_iptables_variant() {
+            Some((v, why)) => {
+                kernel::firewall::set_iptables_variant(v);
+                info!(variant = ?v, "iptables variant chosen: {why}");
+            }
+            None => debug!("iptables variant: the system's (nothing on this host to go by)"),
+        }
         let mut tm = TrafficManager::new(mode);
         if let Err(e) = tm.cleanup_other_mode() {
             warn!(error = %e, "failed to clean up the other traffic mode's rules");

@@ -140,9 +140,58 @@ fn unreachable_etcd_is_named_with_endpoints_and_cause() {
     c.wait_ready(1, secs(30));
 }
 
+/// A node whose kubelet runs the legacy iptables (its `KUBE-IPTABLES-HINT` chain is in the legacy tables) gets
+/// flannel's chains there too, whatever `iptables` resolves to: a packet passes both variants' FORWARD, so an
+/// ACCEPT in the other variant would not help against a DROP policy in this one.
+fn iptables_rules_go_where_the_kubelets_are() {
+    let mut c = Cluster::builder()
+        .nodes(1)
+        .backend(json!({"Type": "vxlan"}))
+        .build();
+    let ns = c.node(1).ns.clone();
+    in_ns(
+        &ns,
+        &[
+            "iptables-legacy",
+            "-t",
+            "mangle",
+            "-N",
+            "KUBE-IPTABLES-HINT",
+        ],
+    )
+    .must();
+    in_ns(
+        &ns,
+        &[
+            "iptables-legacy",
+            "-t",
+            "filter",
+            "-N",
+            "KUBE-KUBELET-CANARY",
+        ],
+    )
+    .must();
+    c.start(1);
+    c.wait_ready(1, secs(30));
+    let legacy = in_ns(&ns, &["iptables-legacy-save"]).must();
+    let nft = in_ns(&ns, &["iptables-nft-save"]).must();
+    assert!(
+        legacy.contains(":FLANNEL-POSTRTG") && legacy.contains(":FLANNEL-FWD"),
+        "flannel's chains are in the legacy tables:\n{legacy}\n{}",
+        c.log_tail(1)
+    );
+    assert!(!nft.contains("FLANNEL-"), "and not in nf_tables:\n{nft}");
+    assert!(
+        c.log(1).contains("iptables variant chosen"),
+        "{}",
+        c.log_tail(1)
+    );
+}
+
 testkit::main!(
     verbose_logging_raises_flannels_own_messages_only,
     log_names_interface_backend_device_subnet_and_each_peer,
     status_answers_loopback_only_unless_asked,
     unreachable_etcd_is_named_with_endpoints_and_cause,
+    iptables_rules_go_where_the_kubelets_are,
 );

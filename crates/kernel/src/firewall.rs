@@ -32,6 +32,103 @@ pub const FALLBACK_BIN_DIRS: &[&str] = &[
 const INPUT_IN_ERROR_MAX: usize = 4096;
 
 // ---------------------------------------------------------------------------------------------------------------
+// Which iptables: the host's two kernels interfaces.
+
+/// One of the three iptables programs flannel runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    Iptables,
+    Save,
+    Restore,
+}
+
+/// Which iptables binaries the `iptables*` names stand for.
+///
+/// iptables 1.8 comes in two variants that program different kernel interfaces: `-legacy` (x_tables) and `-nft`
+/// (nf_tables). Both are active at once, and a packet has to pass both: an ACCEPT in one does not override a DROP
+/// policy in the other. So flannel's FORWARD accepts must sit where the kubelet and kube-proxy put their rules.
+/// On a host, `iptables` is whatever the distribution chose; in a container image it is the image's choice, which
+/// may not be the host's: [`detect_iptables_variant`] finds the host's from the rules already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IptablesVariant {
+    /// The plain names, as the system resolves them.
+    System,
+    /// `iptables-legacy*`.
+    Legacy,
+    /// `iptables-nft*`.
+    Nft,
+}
+
+static IPTABLES_VARIANT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The variant the `iptables*` names of [`Family`] use in this process.
+pub fn iptables_variant() -> IptablesVariant {
+    match IPTABLES_VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => IptablesVariant::Legacy,
+        2 => IptablesVariant::Nft,
+        _ => IptablesVariant::System,
+    }
+}
+
+/// Chooses the variant for this process (flanneld at start; the CNI plugins never change it).
+pub fn set_iptables_variant(v: IptablesVariant) {
+    let n = match v {
+        IptablesVariant::System => 0,
+        IptablesVariant::Legacy => 1,
+        IptablesVariant::Nft => 2,
+    };
+    IPTABLES_VARIANT.store(n, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The variant the host's rules are in, from the two variants' `iptables-save` outputs, and why; `None` when the
+/// outputs do not tell (then the system's `iptables` stays). The kubelet creates `KUBE-IPTABLES-HINT` (mangle) and
+/// `KUBE-KUBELET-CANARY` in the variant it uses; without those, the variant holding more rules wins.
+pub fn choose_iptables_variant(legacy: &str, nft: &str) -> Option<(IptablesVariant, String)> {
+    let hint = |save: &str| {
+        save.lines().any(|l| {
+            l.starts_with(":KUBE-IPTABLES-HINT ") || l.starts_with(":KUBE-KUBELET-CANARY ")
+        })
+    };
+    let rules = |save: &str| save.lines().filter(|l| l.starts_with("-A ")).count();
+    match (hint(legacy), hint(nft)) {
+        (true, false) => {
+            return Some((
+                IptablesVariant::Legacy,
+                "the kubelet's chains are in the legacy tables".into(),
+            ))
+        }
+        (false, true) => {
+            return Some((
+                IptablesVariant::Nft,
+                "the kubelet's chains are in the nf_tables tables".into(),
+            ))
+        }
+        _ => {}
+    }
+    let (l, n) = (rules(legacy), rules(nft));
+    match l.cmp(&n) {
+        std::cmp::Ordering::Greater => Some((
+            IptablesVariant::Legacy,
+            format!("{l} rules in the legacy tables, {n} in nf_tables"),
+        )),
+        std::cmp::Ordering::Less => Some((
+            IptablesVariant::Nft,
+            format!("{n} rules in nf_tables, {l} in the legacy tables"),
+        )),
+        std::cmp::Ordering::Equal => None,
+    }
+}
+
+/// Reads both variants' IPv4 rules in this network namespace and chooses as [`choose_iptables_variant`]; `None`
+/// when either variant is not installed or cannot be read (then nothing is second-guessed).
+pub fn detect_iptables_variant() -> Option<(IptablesVariant, String)> {
+    let legacy = start("iptables-legacy-save", &[], None).ok()?;
+    let nft = start("iptables-nft-save", &[], None).ok()?;
+    let (legacy, nft) = (legacy.finish().ok()?, nft.finish().ok()?);
+    choose_iptables_variant(&legacy, &nft)
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Running the tools.
 
 /// Why a tool run failed.
@@ -207,25 +304,40 @@ impl Family {
     pub fn holds(self, ip: &IpNet) -> bool {
         Self::of(ip) == self
     }
-    /// `iptables` or `ip6tables`.
+    /// `iptables` or `ip6tables` (`-legacy`/`-nft` when a variant was chosen, see [`set_iptables_variant`]).
     pub fn iptables(self) -> &'static str {
-        match self {
-            Self::V4 => "iptables",
-            Self::V6 => "ip6tables",
-        }
+        self.tool(Tool::Iptables, iptables_variant())
     }
-    /// `iptables-save` or `ip6tables-save`.
+    /// `iptables-save` or `ip6tables-save` (of the chosen variant).
     pub fn save(self) -> &'static str {
-        match self {
-            Self::V4 => "iptables-save",
-            Self::V6 => "ip6tables-save",
-        }
+        self.tool(Tool::Save, iptables_variant())
     }
-    /// `iptables-restore` or `ip6tables-restore`.
+    /// `iptables-restore` or `ip6tables-restore` (of the chosen variant).
     pub fn restore(self) -> &'static str {
-        match self {
-            Self::V4 => "iptables-restore",
-            Self::V6 => "ip6tables-restore",
+        self.tool(Tool::Restore, iptables_variant())
+    }
+    /// The binary name of `tool` for this family in `variant`.
+    pub fn tool(self, tool: Tool, variant: IptablesVariant) -> &'static str {
+        use IptablesVariant::{Legacy, Nft, System};
+        match (self, tool, variant) {
+            (Self::V4, Tool::Iptables, System) => "iptables",
+            (Self::V4, Tool::Iptables, Legacy) => "iptables-legacy",
+            (Self::V4, Tool::Iptables, Nft) => "iptables-nft",
+            (Self::V4, Tool::Save, System) => "iptables-save",
+            (Self::V4, Tool::Save, Legacy) => "iptables-legacy-save",
+            (Self::V4, Tool::Save, Nft) => "iptables-nft-save",
+            (Self::V4, Tool::Restore, System) => "iptables-restore",
+            (Self::V4, Tool::Restore, Legacy) => "iptables-legacy-restore",
+            (Self::V4, Tool::Restore, Nft) => "iptables-nft-restore",
+            (Self::V6, Tool::Iptables, System) => "ip6tables",
+            (Self::V6, Tool::Iptables, Legacy) => "ip6tables-legacy",
+            (Self::V6, Tool::Iptables, Nft) => "ip6tables-nft",
+            (Self::V6, Tool::Save, System) => "ip6tables-save",
+            (Self::V6, Tool::Save, Legacy) => "ip6tables-legacy-save",
+            (Self::V6, Tool::Save, Nft) => "ip6tables-nft-save",
+            (Self::V6, Tool::Restore, System) => "ip6tables-restore",
+            (Self::V6, Tool::Restore, Legacy) => "ip6tables-legacy-restore",
+            (Self::V6, Tool::Restore, Nft) => "ip6tables-nft-restore",
         }
     }
     /// The prefix length of a single address.
@@ -416,6 +528,64 @@ pub fn nft_usable(family: &str, table: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const EMPTY: &str =
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+    #[test]
+    fn iptables_variant_follows_the_kubelet_then_the_rules() {
+        let hinted = "*mangle\n:KUBE-IPTABLES-HINT - [0:0]\nCOMMIT\n";
+        let canary = "*filter\n:KUBE-KUBELET-CANARY - [0:0]\nCOMMIT\n";
+        let busy =
+            "*filter\n:FORWARD DROP [0:0]\n-A FORWARD -j DOCKER\n-A FORWARD -j ACCEPT\nCOMMIT\n";
+        assert_eq!(
+            choose_iptables_variant(hinted, busy).map(|c| c.0),
+            Some(IptablesVariant::Legacy)
+        );
+        assert_eq!(
+            choose_iptables_variant(busy, canary).map(|c| c.0),
+            Some(IptablesVariant::Nft)
+        );
+        assert_eq!(
+            choose_iptables_variant(busy, EMPTY).map(|c| c.0),
+            Some(IptablesVariant::Legacy)
+        );
+        assert_eq!(
+            choose_iptables_variant(EMPTY, busy).map(|c| c.0),
+            Some(IptablesVariant::Nft)
+        );
+        // Nothing to go by (a fresh node), or the kubelet in both: the system's choice stays.
+        assert_eq!(choose_iptables_variant(EMPTY, EMPTY), None);
+        assert_eq!(choose_iptables_variant("", ""), None);
+        assert_eq!(choose_iptables_variant(hinted, hinted), None);
+        // nft's warning about legacy tables is a comment, not a rule.
+        let warned =
+            "# Warning: iptables-legacy tables present, use iptables-legacy-save to see them\n";
+        assert_eq!(choose_iptables_variant(EMPTY, warned), None);
+    }
+
+    #[test]
+    fn variant_names() {
+        use IptablesVariant::*;
+        assert_eq!(Family::V4.tool(Tool::Save, Legacy), "iptables-legacy-save");
+        assert_eq!(
+            Family::V6.tool(Tool::Restore, Legacy),
+            "ip6tables-legacy-restore"
+        );
+        assert_eq!(Family::V6.tool(Tool::Save, Nft), "ip6tables-nft-save");
+        assert_eq!(Family::V4.tool(Tool::Iptables, System), "iptables");
+        // The process default is the system's names.
+        assert_eq!(iptables_variant(), System);
+        assert_eq!(Family::V4.restore(), "iptables-restore");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn choosing_a_variant_never_panics(a in ".{0,300}", b in "(:KUBE-[A-Z-]{0,20} |-A |[^\n]{0,20}|\n){0,30}") {
+            let _ = choose_iptables_variant(&a, &b);
+            let _ = choose_iptables_variant(&b, &a);
+        }
+    }
 
     #[test]
     fn version_parsing() {
