@@ -122,6 +122,23 @@ enum Bench {
         #[arg(long)]
         json: bool,
     },
+    /// Kubernetes mode (--kube-subnet-mgr) with N Nodes from a fake API server: flanneld start -> all peers
+    /// programmed, join latency, memory; against the same flanneld with N peers in etcd, rounds interleaved.
+    #[command(long_about = KUBE_LONG_ABOUT)]
+    Kube {
+        /// Peer Node counts (besides flanneld's own Node), comma-separated.
+        #[arg(long, default_value = "1000,5000")]
+        nodes: String,
+        /// Rounds: every count with both stores once per round, in alternating order.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+        rounds: u32,
+        /// Peers that join one at a time after convergence, per run (their latencies are pooled).
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(0..=1000))]
+        joins: u32,
+        /// Print the results as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// flanneld's resident memory (VmRSS, VmHWM) at idle and with N peers programmed.
     Memory {
         /// Simulated peers.
@@ -157,6 +174,33 @@ caller's network namespace; all namespaces and the temporary data directories ar
 Output: a table with p50/p99 ADD and DEL latency in milliseconds and throughput in pods/s, then the speed-up of
 each of ours against the reference (reference/ours for latency, ours/reference for throughput). --json prints
 the same numbers as JSON. Needs root.";
+
+const KUBE_LONG_ABOUT: &str = "\
+flanneld in Kubernetes mode (--kube-subnet-mgr) with N peer Nodes, against the same flanneld with the same N
+peers in etcd (the store `bench convergence` uses), both measured in this run.
+
+For every count in --nodes and every round, each store once (the order alternated per round and per count, so
+that neither always runs first while the machine drifts), each run on a fresh one-node underlay (a fabric and a
+node network namespace, /run/netns/fbn<pid>-..., 192.0.2.0/24), vxlan VNI 1, Network 10.0.0.0/8:
+
+  kube: the fake Kubernetes API server (crate apiserver-fake, inside this process, listening in the fabric
+        namespace on https://192.0.2.254:6443) holds flanneld's own Node (a podCIDR, no annotations) and N peer
+        Nodes as a real API server returns them: distinct /24 podCIDRs and upstream flannel's annotations
+        (backend-type vxlan, backend-data {\"VNI\":1,\"VtepMAC\":...}, public-ip, kube-subnet-manager true;
+        the peers' public IPs are from 100.64.0.0/10, FDB destinations only, configured nowhere). flanneld runs with --kube-subnet-mgr, a kubeconfig for it, NODE_NAME and the net-conf.json;
+  etcd: etcd in the fabric namespace, the N vxlan leases written in one transaction; flanneld with
+        --etcd-endpoints.
+
+Measured for each: the time from flanneld's start to flannel.1 and to every route, neighbour and FDB entry of
+the N peers in the node's kernel (netlink dumps); flanneld's CPU time until then and the store's (the API
+server's thread, or the etcd process); VmRSS and VmHWM from /proc/PID/status after convergence; then --joins
+more peers added one at a time (a Node / a lease) and each one's latency until its entries are present.
+
+Output: a table per count with both stores, the kube/etcd ratios (for the programming time also per round, to
+show the spread), and the targets for Kubernetes mode: 5000 nodes programmed <= 3 s, join p99 <= 100 ms, VmRSS
+<= 20 MB at 5000. --json prints the same numbers as JSON. Nothing is configured in the caller's network
+namespace; every namespace, process and temporary file is removed after each run, also on error or Ctrl-C.
+Needs root, the release binaries next to flannelctl, and Debian's etcd-server and etcd-client.";
 
 #[derive(Debug, Args)]
 struct CniArgs {
@@ -259,6 +303,23 @@ fn main() {
                 joins,
                 node_joins,
                 repeat,
+                bins,
+                json,
+            })
+        }),
+        Command::Bench {
+            what:
+                Bench::Kube {
+                    nodes,
+                    rounds,
+                    joins,
+                    json,
+                },
+        } => bench_cni::default_ours_dir().and_then(|bins| {
+            bench_net::kube::run(&bench_net::kube::Options {
+                nodes: bench_net::parse_counts("--nodes", &nodes)?,
+                rounds: rounds as usize,
+                joins: joins as usize,
                 bins,
                 json,
             })

@@ -120,7 +120,7 @@ fn flags_in_the_readme_are_real() {
             .expect("run --help");
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
-    let mut all = help(&flanneld, &[]);
+    let mut all = help(&flanneld, &[]) + &help(&flanneld, &["install-cni"]);
     for sub in [
         &["lab", "up"][..],
         &["lab", "status"],
@@ -128,6 +128,7 @@ fn flags_in_the_readme_are_real() {
         &["lab", "down"],
         &["status"],
         &["bench", "cni"],
+        &["bench", "kube"],
         &[],
     ] {
         all += &help(ctl, sub);

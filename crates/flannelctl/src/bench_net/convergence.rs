@@ -4,10 +4,10 @@
 
 use super::probe::{self, Etcd, NodeProbe, Peer, Want};
 use super::{
-    block_on_in, check_interrupt, machine, machine_line, median, percentile, r3, sorted, verdict,
-    Bins, Daemon, Underlay, World,
+    block_on_in, check_interrupt, machine, machine_line, median, ms, percentile, r3, sorted,
+    summary, verdict, Bins, Daemon, Underlay, World,
 };
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use ipnet::Ipv4Net;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -15,11 +15,11 @@ use std::time::{Duration, Instant};
 /// The network of the convergence and memory clusters: a /8 so that thousands of /24 leases fit.
 pub const NETWORK: &str = "10.0.0.0/8";
 /// p99 target for a join.
-const JOIN_P99_TARGET_MS: f64 = 100.0;
+pub const JOIN_P99_TARGET_MS: f64 = 100.0;
 /// Poll period while waiting for one peer's entries (a route lookup per node, dumps once it is there).
-const JOIN_POLL_US: u64 = 500;
+pub const JOIN_POLL_US: u64 = 500;
 /// Target for programming 5,000 peers.
-const BULK_TARGET_S: f64 = 3.0;
+pub const BULK_TARGET_S: f64 = 3.0;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -43,24 +43,8 @@ pub fn config() -> String {
     format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"vxlan"}}}}"#)
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-/// Summary of a list of millisecond samples.
-fn summary(v: &[f64]) -> Value {
-    let s = sorted(v);
-    json!({
-        "n": s.len(),
-        "p50_ms": r3(percentile(&s, 0.5)),
-        "p99_ms": r3(percentile(&s, 0.99)),
-        "max_ms": r3(s.last().copied().unwrap_or(0.0)),
-        "min_ms": r3(s.first().copied().unwrap_or(0.0)),
-    })
-}
-
 /// flanneld's own time for its last reconcile pass, from `/status`.
-fn last_reconcile_us(d: &Daemon) -> Option<f64> {
+pub fn last_reconcile_us(d: &Daemon) -> Option<f64> {
     d.status()
         .ok()?
         .pointer("/lastReconcile/micros")
@@ -464,7 +448,8 @@ fn simulated(world: &World, bins: &Bins, o: &Options) -> Result<Value> {
     })
 }
 
-fn g(v: &Value, p: &str) -> f64 {
+/// A number in a JSON report (0 when absent).
+pub fn g(v: &Value, p: &str) -> f64 {
     v.pointer(p).and_then(Value::as_f64).unwrap_or(0.0)
 }
 
@@ -596,13 +581,7 @@ fn print_report(out: &Value) {
 
 /// Parses `--peers 1000,5000`.
 pub fn parse_peers(s: &str) -> Result<Vec<usize>> {
-    s.split(',')
-        .map(|x| {
-            x.trim()
-                .parse::<usize>()
-                .with_context(|| format!("--peers: {x:?} is not a number"))
-        })
-        .collect()
+    super::parse_counts("--peers", s)
 }
 
 #[cfg(test)]

@@ -1,15 +1,17 @@
-//! `flannelctl bench dataplane|convergence|memory`: the network benchmarks of flanneld, each against a baseline
-//! measured in the same run.
+//! `flannelctl bench dataplane|convergence|memory|kube`: the network benchmarks of flanneld, each against a
+//! baseline measured in the same run.
 //!
 //! Every benchmark builds its own private world: network namespaces named `fbn<pid>-...` (a "fabric" namespace
 //! with bridge `br0` on 192.0.2.254/24 as the underlay switch, node namespaces with `eth0` on 192.0.2.N/24, pod
-//! namespaces), a Debian `etcd` inside the fabric namespace with a temporary data directory, real `flanneld`
-//! processes inside the node namespaces and pods attached with our CNI plugins. Nothing is configured in the
-//! caller's namespace. Everything (processes, namespaces, files) is removed at the end, also on error or
-//! Ctrl-C; namespaces left by a benchmark that was killed outright are removed by the next run.
+//! namespaces), a Debian `etcd` inside the fabric namespace with a temporary data directory (for `bench kube`
+//! also an in-process fake Kubernetes API server listening there), real `flanneld` processes inside the node
+//! namespaces and pods attached with our CNI plugins. Nothing is configured in the caller's namespace.
+//! Everything (processes, namespaces, files) is removed at the end, also on error or Ctrl-C; namespaces left by
+//! a benchmark that was killed outright are removed by the next run.
 
 pub mod convergence;
 pub mod dataplane;
+pub mod kube;
 pub mod memory;
 mod probe;
 
@@ -285,6 +287,20 @@ impl World {
             .push(name.clone());
         kernel::netns::create_named(&name).with_context(|| format!("create namespace {name}"))?;
         Ok(name)
+    }
+
+    /// Removes a namespace made with [`World::netns`] before the world ends (every process still in it is
+    /// killed first; stop the ones started with [`World::spawn`] before, for a clean exit).
+    pub fn delete_netns(&self, name: &str) -> Result<()> {
+        let mut names = self.namespaces.lock().map_err(|_| anyhow!("lock"))?;
+        let Some(i) = names.iter().position(|n| n == name) else {
+            bail!("namespace {name} is not one of ours");
+        };
+        names.remove(i);
+        drop(names);
+        kill_processes_in(&[name.to_string()]);
+        kernel::netns::delete_named(name).with_context(|| format!("delete namespace {name}"))?;
+        Ok(())
     }
 
     /// Starts a long-running process (made with [`command_in`]), its output going to `<dir>/<label>.log`; returns its pid.
@@ -601,6 +617,20 @@ pub struct Daemon {
     pub env: PathBuf,
 }
 
+/// Where a flanneld gets its leases from.
+#[derive(Debug, Clone, Copy)]
+pub enum Source<'a> {
+    /// The fabric's etcd ([`ETCD_URL`]).
+    Etcd,
+    /// Kubernetes (`--kube-subnet-mgr`): the API server of `kubeconfig`, the network config from `net_conf`,
+    /// and the Node `node_name` (`NODE_NAME`).
+    Kube {
+        kubeconfig: &'a Path,
+        net_conf: &'a Path,
+        node_name: &'a str,
+    },
+}
+
 impl Daemon {
     /// Starts flanneld in `ns` against the fabric's etcd with `extra` flags (no wait).
     pub fn start(
@@ -610,10 +640,36 @@ impl Daemon {
         label: &str,
         extra: &[&str],
     ) -> Result<Self> {
+        Self::start_with(world, bins, ns, label, Source::Etcd, extra)
+    }
+
+    /// Starts flanneld in `ns` with its leases from `source` and `extra` flags (no wait).
+    pub fn start_with(
+        world: &World,
+        bins: &Bins,
+        ns: &str,
+        label: &str,
+        source: Source<'_>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let env = world.dir.join(format!("{label}.env"));
         let mut cmd = command_in(ns, &bins.flanneld)?;
-        cmd.arg(format!("--etcd-endpoints={ETCD_URL}"))
-            .arg(format!("--subnet-file={}", env.display()))
+        match source {
+            Source::Etcd => {
+                cmd.arg(format!("--etcd-endpoints={ETCD_URL}"));
+            }
+            Source::Kube {
+                kubeconfig,
+                net_conf,
+                node_name,
+            } => {
+                cmd.arg("--kube-subnet-mgr")
+                    .arg(format!("--kubeconfig-file={}", kubeconfig.display()))
+                    .arg(format!("--net-config-path={}", net_conf.display()))
+                    .env("NODE_NAME", node_name);
+            }
+        }
+        cmd.arg(format!("--subnet-file={}", env.display()))
             .args(["--iface=eth0", "--healthz-ip=127.0.0.1"])
             .arg(format!("--healthz-port={HEALTH_PORT}"))
             .args(extra);
@@ -790,6 +846,39 @@ pub fn mean(v: &[f64]) -> f64 {
 /// Rounds to 3 decimals for JSON.
 pub fn r3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
+}
+
+/// A duration in milliseconds.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Bytes in MiB.
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// Summary of a list of millisecond samples (nearest-rank percentiles).
+pub fn summary(v: &[f64]) -> serde_json::Value {
+    let s = sorted(v);
+    serde_json::json!({
+        "n": s.len(),
+        "p50_ms": r3(percentile(&s, 0.5)),
+        "p99_ms": r3(percentile(&s, 0.99)),
+        "max_ms": r3(s.last().copied().unwrap_or(0.0)),
+        "min_ms": r3(s.first().copied().unwrap_or(0.0)),
+    })
+}
+
+/// Parses a comma-separated list of counts (`--peers 1000,5000`), naming `flag` in errors.
+pub fn parse_counts(flag: &str, s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("{flag}: {x:?} is not a number"))
+        })
+        .collect()
 }
 
 /// Machine context printed with every result: CPUs, kernel, load average.

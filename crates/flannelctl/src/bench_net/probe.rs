@@ -285,13 +285,31 @@ pub struct NodeProbe {
 impl NodeProbe {
     /// Opens a netlink socket in `ns` (needs a tokio runtime) and finds `flannel.1`.
     pub async fn open(ns: &str) -> Result<Self> {
+        Self::open_within(ns, Duration::ZERO, || Ok(())).await
+    }
+
+    /// [`NodeProbe::open`], waiting up to `timeout` for flanneld to make `flannel.1` (looked up every
+    /// millisecond; `alive` is asked in between and ends the wait with its error, e.g. when flanneld exited).
+    pub async fn open_within(
+        ns: &str,
+        timeout: Duration,
+        alive: impl Fn() -> Result<()>,
+    ) -> Result<Self> {
         let n = kernel::Netns::open(super::ns_path(ns))?;
         let nl = Netlink::in_netns(&n)?;
-        let dev = nl
-            .link_by_name(VXLAN_DEV)
-            .await?
-            .with_context(|| format!("{VXLAN_DEV} not found in {ns}"))?
-            .index;
+        let deadline = Instant::now() + timeout;
+        let dev = loop {
+            if let Some(l) = nl.link_by_name(VXLAN_DEV).await? {
+                break l.index;
+            }
+            if Instant::now() >= deadline {
+                bail!("{VXLAN_DEV} not found in {ns} (waited {timeout:?})");
+            }
+            check_interrupt()?;
+            alive()?;
+            // Blocking on purpose: tokio's timer would add up to 2 ms to a 1 ms pause.
+            std::thread::sleep(Duration::from_millis(1));
+        };
         Ok(Self {
             ns: ns.to_string(),
             nl,
