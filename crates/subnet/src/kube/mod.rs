@@ -608,7 +608,8 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
     let stream = watcher::watcher(src.nodes.clone(), cfg).default_backoff();
     let mut stream = std::pin::pin!(stream);
     let mut set = PeerSet::default();
-    // A (re-)list builds a fresh set, swapped in whole at its end: the old one stays published until then.
+    // A (re-)list builds a fresh set, moved into the snapshot whole at its end: the old one stays published until
+    // then. After that the leases live only in the snapshot (see edit_published).
     let mut fresh: Option<PeerSet> = None;
     let mut counter: i64 = 0;
     // Nodes whose flannel data we could not read, with the reason we logged (logged again only when it changes).
@@ -659,16 +660,21 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
             WatchEvent::Init => fresh = Some(PeerSet::default()),
             WatchEvent::InitApply(n) => {
                 if let Some(f) = fresh.as_mut() {
-                    let current = set.by_name.get(n.name()).and_then(|k| set.leases.get(k));
-                    if let Some(l) = convert(&n, &mut counter, current) {
+                    let l = {
+                        let snap = tx.borrow();
+                        let current = set.by_name.get(n.name()).and_then(|k| snap.leases.get(k));
+                        convert(&n, &mut counter, current)
+                    };
+                    if let Some(l) = l {
                         f.upsert(n.name(), l);
                     }
                 }
             }
             WatchEvent::InitDone => {
-                if let Some(f) = fresh.take() {
+                if let Some(mut f) = fresh.take() {
+                    let leases = std::mem::take(&mut f.leases);
                     set = f;
-                    let leases = set.leases.clone();
+                    let count = leases.len();
                     let rev = counter;
                     tx.send_modify(|s| {
                         let same = s.synced
@@ -685,7 +691,7 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
                         s.synced = true;
                         s.lists += 1;
                     });
-                    info!(peers = set.leases.len(), "listed Nodes");
+                    info!(peers = count, "listed Nodes");
                 }
             }
             WatchEvent::Apply(n) => {
@@ -693,34 +699,44 @@ async fn watch_nodes(src: KubeSource, tx: watch::Sender<PeerSnapshot>) {
                 let current = set
                     .by_name
                     .get(&name)
-                    .and_then(|k| set.leases.get(k))
-                    .cloned();
-                let changed = match convert(&n, &mut counter, current.as_ref()) {
+                    .and_then(|k| tx.borrow().leases.get(k).cloned());
+                let lease = convert(&n, &mut counter, current.as_ref());
+                edit_published(&tx, &mut set, counter, |set| match lease {
                     Some(l) => set.upsert(&name, l),
                     None => set.remove(&name),
-                };
-                if changed {
-                    publish(&tx, &set, counter);
-                }
+                });
             }
             WatchEvent::Delete(n) => {
                 bad.remove(n.name());
-                if set.remove(n.name()) {
+                if edit_published(&tx, &mut set, counter + 1, |set| set.remove(n.name())) {
                     counter += 1;
-                    publish(&tx, &set, counter);
                 }
             }
         }
     }
 }
 
-fn publish(tx: &watch::Sender<PeerSnapshot>, set: &PeerSet, revision: i64) {
-    let leases = set.leases.clone();
-    tx.send_modify(|s| {
-        s.leases = leases;
-        s.revision = revision;
-        s.generation += 1;
-    });
+/// Applies `f` to the published peer set in place and wakes the watchers only when it changed anything.
+///
+/// One copy of the leases: after the initial list they live in the snapshot, and `set.leases` is empty but for
+/// the duration of `f` (the snapshot's map is lent to it). Cloning the whole map per Node event would keep two
+/// copies of 5,000 leases alive and cost a full copy per join.
+fn edit_published(
+    tx: &watch::Sender<PeerSnapshot>,
+    set: &mut PeerSet,
+    revision: i64,
+    f: impl FnOnce(&mut PeerSet) -> bool,
+) -> bool {
+    tx.send_if_modified(|s| {
+        std::mem::swap(&mut set.leases, &mut s.leases);
+        let changed = f(set);
+        std::mem::swap(&mut set.leases, &mut s.leases);
+        if changed {
+            s.revision = revision;
+            s.generation += 1;
+        }
+        changed
+    })
 }
 
 #[cfg(test)]

@@ -28,11 +28,35 @@ pub struct NodeSpecLite {
     pub pod_cidrs: Option<Vec<String>>,
 }
 
+/// The part of `metadata` flannel reads; labels, managedFields, ownerReferences... are skipped unallocated.
+#[derive(Deserialize)]
+struct MetaLite {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(rename = "resourceVersion", default)]
+    resource_version: Option<String>,
+    #[serde(rename = "creationTimestamp", default)]
+    creation_timestamp: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    #[serde(default)]
+    annotations: Option<BTreeMap<String, String>>,
+}
+
+fn lean_meta<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let m = MetaLite::deserialize(d)?;
+    Ok(ObjectMeta {
+        name: m.name,
+        resource_version: m.resource_version,
+        creation_timestamp: m.creation_timestamp,
+        annotations: m.annotations,
+        ..Default::default()
+    })
+}
+
 /// A Node, as far as flannel reads it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct NodeLite {
     /// `metadata`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     /// `spec`.
     #[serde(default)]
@@ -322,6 +346,31 @@ mod tests {
             let e = node_lease(&ann(), true, true, &node(extra, spec), 1).unwrap_err();
             assert!(e.contains("\"n2\"") && e.contains(want), "{e}");
         }
+    }
+
+    #[test]
+    fn only_the_metadata_flannel_reads_is_kept() {
+        let n: NodeLite = serde_json::from_value(json!({
+            "metadata": {
+                "name": "n2", "resourceVersion": "42", "uid": "u-1",
+                "creationTimestamp": "2026-12-01T10:00:00Z",
+                "labels": {"kubernetes.io/hostname": "n2"},
+                "annotations": {"a/b": "c"},
+                "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}],
+            },
+            "spec": {"podCIDR": "10.244.2.0/24"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.2"}]},
+        }))
+        .unwrap();
+        assert_eq!(n.name(), "n2");
+        assert_eq!(n.metadata.resource_version.as_deref(), Some("42"));
+        assert!(n.metadata.creation_timestamp.is_some());
+        assert_eq!(n.annotation("a/b"), Some("c"));
+        assert!(
+            n.metadata.labels.is_none()
+                && n.metadata.managed_fields.is_none()
+                && n.metadata.uid.is_none()
+        );
     }
 
     proptest! {
