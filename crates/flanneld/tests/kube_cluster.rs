@@ -35,6 +35,26 @@ fn annotations(c: &Cluster, n: usize) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Upstream flannel's annotations of a vxlan node (VNI 1).
+fn peer_annotations(mac: &str, public_ip: &str) -> Value {
+    json!({
+        format!("{P}/kube-subnet-manager"): "true",
+        format!("{P}/backend-type"): "vxlan",
+        format!("{P}/backend-data"): format!("{{\"VNI\":1,\"VtepMAC\":\"{mac}\"}}"),
+        format!("{P}/public-ip"): public_ip,
+    })
+}
+
+/// A Node no flanneld of the test runs on, annotated as flanneld on it would have done.
+fn add_peer_node(c: &Cluster, name: &str, pod_cidr: &str, mac: &str, public_ip: &str) {
+    c.api().add_node(
+        name,
+        &[pod_cidr],
+        peer_annotations(mac, public_ip),
+        public_ip,
+    );
+}
+
 fn link_mac(c: &Cluster, n: usize, dev: &str) -> String {
     let l = ip_json(&c.node(n).ns, &["link", "show", "dev", dev]);
     l[0]["address"].as_str().unwrap_or_default().to_string()
@@ -141,14 +161,7 @@ fn peers_follow_node_changes_and_ignore_malformed_nodes() {
     let mut c = kube_cluster(2, "vxlan").start();
     c.wait_vxlan_programmed(1, 2, secs(10));
     // A Node flanneld does not run on yet, annotated as a peer.
-    c.api().add_node(
-        "n9",
-        &["10.244.9.0/24"],
-        json!({format!("{P}/kube-subnet-manager"): "true", format!("{P}/backend-type"): "vxlan",
-               format!("{P}/backend-data"): "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:09\"}",
-               format!("{P}/public-ip"): "192.0.2.9"}),
-        "192.0.2.9",
-    );
+    add_peer_node(&c, "n9", "10.244.9.0/24", "0e:00:00:00:00:09", "192.0.2.9");
     let s9: ipnet::Ipv4Net = "10.244.9.0/24".parse().unwrap();
     wait_ok(secs(10), ms(50), || {
         c.vxlan_programmed(1, s9, "0e:00:00:00:00:09", Ipv4Addr::new(192, 0, 2, 9))
@@ -165,16 +178,18 @@ fn peers_follow_node_changes_and_ignore_malformed_nodes() {
     c.api().add_node(
         "evil",
         &["10.244.2.0/24"],
-        json!({format!("{P}/kube-subnet-manager"): "true", format!("{P}/backend-type"): "vxlan",
-               format!("{P}/backend-data"): "{not json", format!("{P}/public-ip"): "192.0.2.66"}),
+        {
+            let mut a = peer_annotations("0e:00:00:00:00:66", "192.0.2.66");
+            a[format!("{P}/backend-data")] = json!("{not json");
+            a
+        },
         "192.0.2.66",
     );
-    c.api().add_node(
+    add_peer_node(
+        &c,
         "evil2",
-        &["10.99.0.0/24"],
-        json!({format!("{P}/kube-subnet-manager"): "true", format!("{P}/backend-type"): "vxlan",
-               format!("{P}/backend-data"): "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:77\"}",
-               format!("{P}/public-ip"): "192.0.2.77"}),
+        "10.99.0.0/24",
+        "0e:00:00:00:00:77",
         "192.0.2.77",
     );
     let logged = wait_until(secs(10), ms(100), || {
@@ -235,14 +250,7 @@ fn api_server_down_sixty_seconds_under_ping() {
         "flanneld spun while the API was down: {used} ticks in 60 s"
     );
     // Back: a change is seen again.
-    c.api().add_node(
-        "n9",
-        &["10.244.9.0/24"],
-        json!({format!("{P}/kube-subnet-manager"): "true", format!("{P}/backend-type"): "vxlan",
-               format!("{P}/backend-data"): "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:09\"}",
-               format!("{P}/public-ip"): "192.0.2.9"}),
-        "192.0.2.9",
-    );
+    add_peer_node(&c, "n9", "10.244.9.0/24", "0e:00:00:00:00:09", "192.0.2.9");
     wait_ok(secs(60), ms(100), || {
         c.vxlan_programmed(
             1,
@@ -362,14 +370,7 @@ fn in_cluster_service_account_and_token_rotation() {
     let token = c.service_account_token_path(1);
     fs_write(&token, "rotated-token");
     c.api().rotate_token("rotated-token");
-    c.api().add_node(
-        "n9",
-        &["10.244.9.0/24"],
-        json!({format!("{P}/kube-subnet-manager"): "true", format!("{P}/backend-type"): "vxlan",
-               format!("{P}/backend-data"): "{\"VNI\":1,\"VtepMAC\":\"0e:00:00:00:00:09\"}",
-               format!("{P}/public-ip"): "192.0.2.9"}),
-        "192.0.2.9",
-    );
+    add_peer_node(&c, "n9", "10.244.9.0/24", "0e:00:00:00:00:09", "192.0.2.9");
     let s9: ipnet::Ipv4Net = "10.244.9.0/24".parse().unwrap();
     wait_ok(secs(150), ms(500), || {
         c.vxlan_programmed(1, s9, "0e:00:00:00:00:09", Ipv4Addr::new(192, 0, 2, 9))

@@ -67,6 +67,21 @@ impl Fixture {
             .expect("connect")
     }
 
+    /// This node's Node, `n1`, with podCIDR 10.244.1.0/24 and no annotations yet.
+    fn own_node(&self) {
+        self.api
+            .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    }
+
+    /// `n1` added, its source connected, the network config read and its lease acquired with [`attrs`].
+    async fn own_node_up(&self) -> (KubeSource, subnet::NetworkConfig, subnet::Lease) {
+        self.own_node();
+        let src = self.source("n1").await;
+        let cfg = src.network_config().await.expect("config");
+        let lease = src.acquire(&cfg, &attrs()).await.expect("acquire");
+        (src, cfg, lease)
+    }
+
     /// A peer node as flanneld on it would have annotated it.
     fn peer(&self, name: &str, third: u8) {
         self.api.add_node(
@@ -127,11 +142,7 @@ fn keys(s: &PeerSnapshot) -> Vec<String> {
 #[tokio::test]
 async fn acquire_writes_upstreams_annotations_and_condition() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
-    let src = fx.source("n1").await;
-    let cfg = src.network_config().await.expect("config");
-    let lease = src.acquire(&cfg, &attrs()).await.expect("acquire");
+    let (src, cfg, lease) = fx.own_node_up().await;
     assert_eq!(lease.key().to_string(), "10.244.1.0-24");
     let patches = fx.api.patches();
     assert_eq!(patches.len(), 1, "{patches:?}");
@@ -258,16 +269,12 @@ async fn dual_stack_podcidrs() {
 #[tokio::test]
 async fn peers_follow_nodes() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     fx.peer("n2", 2);
     fx.peer("n3", 3);
     // Not flannel's: no kube-subnet-manager annotation.
     fx.api
         .add_node("other", &["10.244.9.0/24"], json!({}), "192.0.2.9");
-    let src = fx.source("n1").await;
-    let cfg = src.network_config().await.expect("config");
-    let own = src.acquire(&cfg, &attrs()).await.expect("acquire");
+    let (src, _, own) = fx.own_node_up().await;
     let w = src.watch_peers(own.key());
     let mut rx = w.subscribe();
     let s = wait_snapshot(&mut rx, "initial list", |s| s.synced).await;
@@ -330,8 +337,7 @@ async fn peers_follow_nodes() {
 #[tokio::test]
 async fn relist_after_410_and_outage_keeps_the_set() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.own_node();
     fx.peer("n2", 2);
     let src = fx.source("n1").await;
     let w = src.watch_peers("10.244.1.0-24".parse().unwrap());
@@ -374,8 +380,7 @@ async fn relist_after_410_and_outage_keeps_the_set() {
 #[tokio::test]
 async fn initial_list_is_paged() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.own_node();
     for i in 0..1200u32 {
         let third = 2 + i / 250;
         let fourth = i % 250;
@@ -429,8 +434,7 @@ async fn stored_public_ip_and_backend_data_are_read_back() {
 #[tokio::test]
 async fn node_name_from_the_pod_and_clear_errors() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.own_node();
     fx.api
         .add_pod("kube-flannel", "kube-flannel-ds-abcde", "n1");
     let mut o = fx.options("");
@@ -458,8 +462,7 @@ async fn node_name_from_the_pod_and_clear_errors() {
 #[tokio::test]
 async fn missing_rights_and_bad_token_name_the_verb_and_resource() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
+    fx.own_node();
     fx.api.forbid("patch", "nodes/status");
     let src = fx.source("n1").await;
     let cfg = src.network_config().await.expect("config");
@@ -484,11 +487,7 @@ async fn missing_rights_and_bad_token_name_the_verb_and_resource() {
 #[tokio::test]
 async fn own_annotations_are_written_back_when_changed_by_someone_else() {
     let fx = Fixture::new();
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
-    let src = fx.source("n1").await;
-    let cfg = src.network_config().await.expect("config");
-    let lease = src.acquire(&cfg, &attrs()).await.expect("acquire");
+    let (src, cfg, lease) = fx.own_node_up().await;
     let (tx, rx) = watch::channel(attrs());
     let keeper = {
         let (s, c) = (src.clone(), cfg.clone());
@@ -550,12 +549,8 @@ async fn a_rotated_token_file_is_read_again() {
     fx.api
         .write_kubeconfig(&fx.dir.join("kubeconfig"), Some(&token))
         .expect("kubeconfig");
-    fx.api
-        .add_node("n1", &["10.244.1.0/24"], json!({}), "192.0.2.1");
     fx.peer("n2", 2);
-    let src = fx.source("n1").await;
-    let cfg = src.network_config().await.expect("config");
-    let own = src.acquire(&cfg, &attrs()).await.expect("acquire");
+    let (src, _, own) = fx.own_node_up().await;
     let w = src.watch_peers(own.key());
     let mut rx = w.subscribe();
     wait_snapshot(&mut rx, "initial list", |s| s.synced && s.leases.len() == 1).await;

@@ -201,12 +201,9 @@ impl KubeSource {
             .map_err(|e| api_error(&what, e))
     }
 
-    async fn patch_annotations(
-        &self,
-        changes: &BTreeMap<String, String>,
-    ) -> Result<(), RegistryError> {
-        let what = format!("patch nodes/{}/status (annotations)", self.node);
-        let patch = json!({"metadata": {"annotations": changes}});
+    /// A strategic-merge patch of this node's `status` subresource (where upstream writes both its annotations
+    /// and the condition, so the RBAC rule is `nodes/status: patch` alone); errors name `what` was patched.
+    async fn patch_own_status(&self, what: &str, patch: Value) -> Result<(), RegistryError> {
         self.nodes
             .patch_status(
                 &self.node,
@@ -215,7 +212,15 @@ impl KubeSource {
             )
             .await
             .map(|_| ())
-            .map_err(|e| api_error(&what, e))
+            .map_err(|e| api_error(&format!("patch nodes/{}/status ({what})", self.node), e))
+    }
+
+    async fn patch_annotations(
+        &self,
+        changes: &BTreeMap<String, String>,
+    ) -> Result<(), RegistryError> {
+        self.patch_own_status("annotations", json!({"metadata": {"annotations": changes}}))
+            .await
     }
 }
 
@@ -419,18 +424,9 @@ impl SubnetManager for KubeSource {
             "lastTransitionTime": now,
             "lastHeartbeatTime": now,
         }]}});
-        let what = format!(
-            "patch nodes/{}/status (NetworkUnavailable condition)",
-            self.node
-        );
-        self.nodes
-            .patch_status(
-                &self.node,
-                &PatchParams::default(),
-                &Patch::Strategic(patch),
-            )
+        self.patch_own_status("NetworkUnavailable condition", patch)
             .await
-            .map_err(|e| ManagerError::Store(api_error(&what, e)))?;
+            .map_err(ManagerError::Store)?;
         info!(node = %self.node, "node condition NetworkUnavailable=False (FlannelIsUp)");
         Ok(())
     }
