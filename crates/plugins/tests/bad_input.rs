@@ -124,13 +124,7 @@ fn unknown_version(imp: &Impl) {
     ];
     if !imp.reference {
         confs.push(("flannel", flannel_conf(&sb)));
-        write_subnet_env(
-            &sb.path("subnet.env"),
-            "10.244.0.0/16",
-            "10.244.1.1/24",
-            1450,
-            true,
-        );
+        write_default_subnet_env(&sb);
     }
     for (ty, plugin) in confs {
         let conf = Net::new(NET, "9.9.9", vec![plugin]).plugin_conf(0, None);
@@ -387,13 +381,7 @@ fn flannel_bad_delegate() {
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
-    write_subnet_env(
-        &sb.path("subnet.env"),
-        "10.244.0.0/16",
-        "10.244.1.1/24",
-        1450,
-        true,
-    );
+    write_default_subnet_env(&sb);
     let att = sb.att(0, &pod);
     for delegate in [
         json!({"name": "x"}),
@@ -445,13 +433,7 @@ fn ours_ifname_the_kernel_would_rewrite() {
     let data = sb.path("ipam");
     let bridge = Net::new(NET, "1.0.0", vec![bridge_conf(BR, "10.244.6.0/24", &data)]);
     let flannel = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb)]);
-    write_subnet_env(
-        &sb.path("subnet.env"),
-        "10.244.0.0/16",
-        "10.244.1.1/24",
-        1450,
-        true,
-    );
+    write_default_subnet_env(&sb);
     for ifname in ["eth%d", "%d", "net%dx", "all", "default", "a\u{a0}b"] {
         let att = Att::new(&sb.cid(0), &pod.path(), ifname);
         for (ty, net) in [("bridge", &bridge), ("flannel", &flannel)] {
@@ -483,13 +465,7 @@ fn ours_netns_not_a_namespace() {
     let bridge = Net::new(NET, "1.0.0", vec![bridge_conf(BR, "10.244.6.0/24", &data)]);
     let lo = Net::new(NET, "1.0.0", vec![json!({"type": "loopback"})]);
     let flannel = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb)]);
-    write_subnet_env(
-        &sb.path("subnet.env"),
-        "10.244.0.0/16",
-        "10.244.1.1/24",
-        1450,
-        true,
-    );
+    write_default_subnet_env(&sb);
     // A real attachment, so that CHECK gets past its IPAM and bridge checks to the namespace.
     let att = sb.att(0, &pod);
     let r = rt

@@ -707,6 +707,18 @@ pub fn write_subnet_env(path: &Path, network: &str, subnet: &str, mtu: u32, ipma
     std::fs::write(path, body).expect("write subnet.env");
 }
 
+/// The subnet.env a flanneld with lease 10.244.1.0/24 of 10.244.0.0/16 (vxlan MTU 1450, --ip-masq) writes, in the
+/// sandbox where [`flannel_conf`] points.
+pub fn write_default_subnet_env(sb: &Sandbox) {
+    write_subnet_env(
+        &sb.path("subnet.env"),
+        "10.244.0.0/16",
+        "10.244.1.1/24",
+        1450,
+        true,
+    );
+}
+
 /// The flannel plugin object as in the upstream manifest, with every path inside the sandbox.
 pub fn flannel_conf(sb: &Sandbox) -> Value {
     json!({
@@ -731,13 +743,7 @@ pub fn flannel_legacy_cache(sb: &Sandbox, att: &Att) -> PathBuf {
 
 /// `loopback` + `flannel`, as a conflist; writes the default subnet.env.
 pub fn flannel_net(sb: &Sandbox, version: &str) -> Net {
-    write_subnet_env(
-        &sb.path("subnet.env"),
-        "10.244.0.0/16",
-        "10.244.1.1/24",
-        1450,
-        true,
-    );
+    write_default_subnet_env(sb);
     Net::new(
         "cbr0",
         version,
