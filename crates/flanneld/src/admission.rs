@@ -203,20 +203,15 @@ fn check_public6(ip: Ipv6Addr, net: Option<Ipv6Net>) -> Result<Ipv6Addr, String>
 }
 
 /// Checks a VTEP MAC a lease announces (`BackendData.VtepMAC`): a unicast, non-zero Ethernet address.
-pub fn check_vtep_mac(data: Option<&serde_json::Value>, field: &str) -> Result<Mac, String> {
+pub fn check_vtep_mac(data: Option<&subnet::BackendData>, field: &str) -> Result<Mac, String> {
     let Some(data) = data else {
         return Err(format!("no {field}"));
     };
-    let Some(obj) = data.as_object() else {
-        return Err(format!("{field} is not an object"));
-    };
-    // Go's encoding/json matches keys case-insensitively.
-    let Some(v) = obj
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case("VtepMAC"))
-        .map(|(_, v)| v)
-    else {
-        return Err(format!("{field} has no VtepMAC"));
+    // Go's encoding/json matches keys case-insensitively (the last non-null one wins).
+    let v = match data.field("VtepMAC") {
+        Err(()) => return Err(format!("{field} is not an object")),
+        Ok(None) => return Err(format!("{field} has no VtepMAC")),
+        Ok(Some(v)) => v,
     };
     let Some(text) = v.as_str() else {
         return Err(format!("{field}.VtepMAC {v} is not a string"));
@@ -542,7 +537,7 @@ mod tests {
             LeaseAttrs {
                 public_ip: ip.parse().unwrap(),
                 backend_type: "vxlan".into(),
-                backend_data: Some(json!({"VNI": 1, "VtepMAC": mac})),
+                backend_data: Some(json!({"VNI": 1, "VtepMAC": mac}).into()),
                 ..Default::default()
             },
             Expiration::Unknown,
@@ -807,7 +802,7 @@ mod tests {
                     LeaseAttrs {
                         public_ip: Ipv4Addr::from(ip),
                         backend_type: bt,
-                        backend_data: Some(json!({ "VtepMAC": mac })),
+                        backend_data: Some(json!({ "VtepMAC": mac }).into()),
                         ..Default::default()
                     },
                     Expiration::Unknown,

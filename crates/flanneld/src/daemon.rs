@@ -261,7 +261,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
         public_ipv6: ext.ext_v6_addr,
     };
     let mut backend = Backend::new(&cfg.backend_type, &cfg.backend, &local)?;
-    let stored_mac = |d: &Option<serde_json::Value>| {
+    let stored_mac = |d: &Option<subnet::BackendData>| {
         d.as_ref()
             .and_then(|d| crate::admission::check_vtep_mac(Some(d), "stored backend data").ok())
     };

@@ -312,7 +312,7 @@ mod tests {
             LeaseAttrs {
                 public_ip: std::net::Ipv4Addr::new(192, 0, 2, ip),
                 backend_type: kind.into(),
-                backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"})),
+                backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}).into()),
                 ..Default::default()
             },
             Expiration::Unknown,

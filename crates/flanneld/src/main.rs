@@ -17,6 +17,7 @@ fn main() {
         return;
     }
     init_logging(opts.v);
+    flanneld::memory::one_heap_arena();
 
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

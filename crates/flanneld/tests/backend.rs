@@ -94,7 +94,7 @@ fn vxlan_programs_and_prunes_peers() {
         b.set_lease(&nl, &local(ul.index)).await.unwrap();
         assert_eq!(p.mtu, 1450);
         assert_eq!(p.backend_type, "vxlan");
-        let mac = p.backend_data.as_ref().unwrap()["VtepMAC"]
+        let mac = p.backend_data.as_ref().unwrap().to_value()["VtepMAC"]
             .as_str()
             .unwrap()
             .to_string();
@@ -181,7 +181,12 @@ fn vxlan_programs_and_prunes_peers() {
         // Restart: a new backend adopts the device with the same MAC.
         let mut b2 = Backend::new("vxlan", &json!({}), &local(ul.index)).unwrap();
         let p2 = b2.setup(&nl).await.unwrap();
-        assert_eq!(p2.backend_data.unwrap()["VtepMAC"].as_str().unwrap(), mac);
+        assert_eq!(
+            p2.backend_data.unwrap().to_value()["VtepMAC"]
+                .as_str()
+                .unwrap(),
+            mac
+        );
     });
 }
 

@@ -17,6 +17,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
+use crate::backend_data::BackendData;
 use crate::gojson::{field, show};
 
 /// Placeholder IPv4 part of the key of an IPv6-only lease.
@@ -141,9 +142,9 @@ pub struct LeaseAttrs {
     /// `BackendType`, e.g. `vxlan`; left out of the JSON when empty.
     pub backend_type: String,
     /// `BackendData`, e.g. `{"VNI":1,"VtepMAC":"..."}`; left out when absent.
-    pub backend_data: Option<Value>,
+    pub backend_data: Option<BackendData>,
     /// `BackendV6Data`; left out when absent.
-    pub backend_v6_data: Option<Value>,
+    pub backend_v6_data: Option<BackendData>,
 }
 
 impl Default for LeaseAttrs {
@@ -208,8 +209,8 @@ impl LeaseAttrs {
             public_ip,
             public_ipv6,
             backend_type,
-            backend_data: field(obj, "BackendData").cloned(),
-            backend_v6_data: field(obj, "BackendV6Data").cloned(),
+            backend_data: field(obj, "BackendData").map(BackendData::from_value),
+            backend_v6_data: field(obj, "BackendV6Data").map(BackendData::from_value),
         })
     }
 }
@@ -373,7 +374,7 @@ mod tests {
         );
         let v6 = LeaseAttrs {
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
-            backend_v6_data: Some(serde_json::json!({"VNI":1})),
+            backend_v6_data: Some(serde_json::json!({"VNI":1}).into()),
             ..bare
         };
         assert_eq!(
@@ -451,7 +452,7 @@ mod tests {
                 public_ip: Ipv4Addr::from(ip),
                 public_ipv6: ip6.map(Ipv6Addr::from),
                 backend_type: bt,
-                backend_data: vni.map(|v| serde_json::json!({"VNI": v, "VtepMAC": "02:00:00:00:00:01"})),
+                backend_data: vni.map(|v| serde_json::json!({"VNI": v, "VtepMAC": "02:00:00:00:00:01"}).into()),
                 backend_v6_data: None,
             };
             prop_assert_eq!(LeaseAttrs::from_json("k", a.to_json().as_bytes()).unwrap(), a);

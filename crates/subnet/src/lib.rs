@@ -10,6 +10,7 @@
 //! - [`source`]: the daemon's one seam to a lease source ([`SubnetManager`]): the stores above, or Kubernetes.
 
 pub mod alloc;
+pub mod backend_data;
 pub mod backoff;
 pub mod config;
 pub mod etcd;
@@ -23,6 +24,7 @@ pub mod registry;
 pub mod source;
 
 pub use alloc::{AllocError, Plan};
+pub use backend_data::BackendData;
 pub use backoff::Backoff;
 pub use config::{ConfigError, NetworkConfig, Pool4, Pool6, DEFAULT_BACKEND_TYPE};
 pub use etcd::{EtcdOptions, EtcdRegistry};

@@ -10,7 +10,6 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use serde_json::Value;
 use tokio::sync::watch;
 
 use crate::lease::{Lease, LeaseAttrs, SubnetKey};
@@ -28,9 +27,9 @@ pub struct Stored {
     /// The public IPv6 address this node must use (`node-public-ipv6`).
     pub public_ipv6: Option<Ipv6Addr>,
     /// The backend data this node published last (`backend-data`).
-    pub backend_data: Option<Value>,
+    pub backend_data: Option<crate::BackendData>,
     /// The IPv6 backend data this node published last (`backend-v6-data`).
-    pub backend_v6_data: Option<Value>,
+    pub backend_v6_data: Option<crate::BackendData>,
 }
 
 /// A lease source: chosen once at start by the daemon (`--kube-subnet-mgr`, `--local-store`, else etcd).

@@ -103,7 +103,7 @@ fn attrs() -> LeaseAttrs {
         public_ip: Ipv4Addr::new(192, 0, 2, 1),
         public_ipv6: None,
         backend_type: "vxlan".into(),
-        backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})),
+        backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"}).into()),
         backend_v6_data: None,
     }
 }
@@ -238,7 +238,7 @@ async fn dual_stack_podcidrs() {
     let cfg = src.network_config().await.expect("config");
     let a = LeaseAttrs {
         public_ipv6: Some("2001:db8::1".parse().unwrap()),
-        backend_v6_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:01:01"})),
+        backend_v6_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:01:01"}).into()),
         ..attrs()
     };
     let l = src.acquire(&cfg, &a).await.expect("acquire");
@@ -287,7 +287,7 @@ async fn peers_follow_nodes() {
     assert_eq!(l2.attrs.public_ip, Ipv4Addr::new(192, 0, 2, 2));
     assert_eq!(
         l2.attrs.backend_data,
-        Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}))
+        Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}).into())
     );
 
     // A node appears.
@@ -427,7 +427,7 @@ async fn stored_public_ip_and_backend_data_are_read_back() {
     assert_eq!(st.public_ip, Some(Ipv4Addr::new(192, 0, 2, 101)));
     assert_eq!(
         st.backend_data,
-        Some(json!({"VNI": 1, "VtepMAC": "02:42:ac:11:00:09"}))
+        Some(json!({"VNI": 1, "VtepMAC": "02:42:ac:11:00:09"}).into())
     );
 }
 
@@ -513,7 +513,7 @@ async fn own_annotations_are_written_back_when_changed_by_someone_else() {
     assert!(back.is_ok(), "not written back: {:?}", fx.api.node("n1"));
     // New attributes (a recreated device) are published.
     tx.send_replace(LeaseAttrs {
-        backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"})),
+        backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:aa"}).into()),
         ..attrs()
     });
     let key = format!("{P}/backend-data");

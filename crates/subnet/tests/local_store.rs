@@ -339,7 +339,8 @@ fn child_process_entry() {
                     tokio::time::sleep(Duration::from_millis(30)).await;
                     let key: SubnetKey = format!("10.244.{}.0-24", 100 + i).parse().expect("key");
                     let mut a = attrs(Ipv4Addr::new(192, 0, 2, i + 1));
-                    a.backend_data = Some(serde_json::json!({"t_ns": unix_ns().to_string()}));
+                    a.backend_data =
+                        Some(serde_json::json!({"t_ns": unix_ns().to_string()}).into());
                     let t = Instant::now();
                     store
                         .create_subnet(&key, &a, Some(Duration::from_secs(600)))
@@ -445,8 +446,8 @@ async fn cross_process_writes_reach_the_watch() {
                         .attrs
                         .backend_data
                         .as_ref()
-                        .and_then(|d| d["t_ns"].as_str())
-                        .and_then(|s| s.parse().ok())
+                        .and_then(|d| d.field("t_ns").ok().flatten())
+                        .and_then(|v| v.as_str()?.parse().ok())
                         .expect("write time");
                     lat.push(Duration::from_nanos(
                         u64::try_from(now.saturating_sub(t)).unwrap_or(u64::MAX),

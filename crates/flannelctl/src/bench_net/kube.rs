@@ -250,7 +250,10 @@ fn join_peers(n: usize, joins: usize, in_use: &[Ipv4Net]) -> Result<Vec<Peer>> {
 /// flannel's annotations on a peer's Node, as upstream flanneld writes them.
 fn add_peer(api: &FakeApiServer, name: &str, p: &Peer) {
     let a = |k: &str| format!("{DEFAULT_ANNOTATION_PREFIX}/{k}");
-    let data = p.attrs().backend_data.unwrap_or(Value::Null).to_string();
+    let data = p
+        .attrs()
+        .backend_data
+        .map_or_else(|| "null".to_string(), |d| d.json().to_string());
     let public = p.public.to_string();
     api.add_node(
         name,

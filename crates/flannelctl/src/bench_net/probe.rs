@@ -34,7 +34,9 @@ impl Peer {
             public_ip: self.public,
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: Some(serde_json::json!({"VNI": 1, "VtepMAC": self.mac.to_string()})),
+            backend_data: Some(
+                serde_json::json!({"VNI": 1, "VtepMAC": self.mac.to_string()}).into(),
+            ),
             backend_v6_data: None,
         }
     }
@@ -51,9 +53,8 @@ impl Peer {
         let mac = attrs
             .backend_data
             .as_ref()
-            .and_then(|d| d.get("VtepMAC"))
-            .and_then(|m| m.as_str())
-            .and_then(Mac::parse)
+            .and_then(|d| d.field("VtepMAC").ok().flatten())
+            .and_then(|m| m.as_str().and_then(Mac::parse))
             .with_context(|| format!("lease {key} has no VtepMAC"))?;
         Ok(Self {
             subnet: subnet.ipv4,

@@ -67,9 +67,9 @@ pub struct Published {
     /// `BackendType`.
     pub backend_type: String,
     /// `BackendData` (IPv4).
-    pub backend_data: Option<Value>,
+    pub backend_data: Option<subnet::BackendData>,
     /// `BackendV6Data`.
-    pub backend_v6_data: Option<Value>,
+    pub backend_v6_data: Option<subnet::BackendData>,
     /// MTU for pods (`FLANNEL_MTU`).
     pub mtu: u32,
 }

@@ -168,7 +168,7 @@ impl Vxlan {
                 .unwrap_or_else(|| stable_vtep_mac(seed, self.cfg.vni));
             let dev = self.device(nl, n4, src, mtu, mac).await?;
             published.backend_data =
-                Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}));
+                Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}).into());
             self.v4 = Some(dev);
         }
         if self.local.ipv6_network.is_some() {
@@ -193,7 +193,7 @@ impl Vxlan {
                 .unwrap_or_else(|| stable_vtep_mac(seed, self.cfg.vni));
             let dev = self.device(nl, n6, src, mtu6, mac).await?;
             published.backend_v6_data =
-                Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}));
+                Some(json!({"VNI": self.cfg.vni, "VtepMAC": dev.mac.to_string()}).into());
             published.mtu = if self.local.network.is_none() {
                 mtu6
             } else {

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backend_data::BackendData;
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, NetworkConfig};
 use crate::lease::{Expiration, Lease, LeaseAttrs, SubnetKey, NO_IPV4_SUBNET};
@@ -231,9 +232,9 @@ pub fn annotation_changes(
     attrs: &LeaseAttrs,
     node: &NodeLite,
 ) -> BTreeMap<String, String> {
-    let text = |v: &Option<Value>| {
+    let text = |v: &Option<BackendData>| {
         v.as_ref()
-            .map_or_else(|| "null".to_string(), Value::to_string)
+            .map_or_else(|| "null".to_string(), |d| d.json().to_string())
     };
     let (bd, bd6) = (text(&attrs.backend_data), text(&attrs.backend_v6_data));
     let overwrite = |k: &str| {
@@ -749,7 +750,7 @@ mod tests {
             public_ip: Ipv4Addr::new(192, 0, 2, 1),
             public_ipv6: None,
             backend_type: "vxlan".into(),
-            backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"})),
+            backend_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:01"}).into()),
             backend_v6_data: None,
         }
     }
@@ -795,7 +796,7 @@ mod tests {
     fn dual_stack_writes_v6_keys() {
         let a = LeaseAttrs {
             public_ipv6: Some("2001:db8::1".parse().unwrap()),
-            backend_v6_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:01:01"})),
+            backend_v6_data: Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:01:01"}).into()),
             ..vx_attrs()
         };
         let c = annotation_changes(&ann(), &a, &node_with(json!({})));

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::annotations::Annotations;
+use crate::backend_data::BackendData;
 use crate::lease::{Expiration, Lease, LeaseAttrs, SubnetKey, NO_IPV4_SUBNET};
 
 /// `spec` of a Node, as far as flannel reads it.
@@ -152,12 +153,16 @@ impl NodeLite {
 }
 
 /// Reads a backend-data annotation: absent or `null` is no data; anything else must be JSON.
-pub fn backend_data(node: &str, key: &str, text: Option<&str>) -> Result<Option<Value>, String> {
+pub fn backend_data(
+    node: &str,
+    key: &str,
+    text: Option<&str>,
+) -> Result<Option<BackendData>, String> {
     match text {
         None => Ok(None),
         Some(t) => match serde_json::from_str::<Value>(t) {
             Ok(Value::Null) => Ok(None),
-            Ok(v) => Ok(Some(v)),
+            Ok(v) => Ok(Some(BackendData::from_value(&v))),
             Err(e) => Err(format!("node {node:?}: annotation {key} is not JSON: {e}")),
         },
     }
@@ -284,7 +289,7 @@ mod tests {
         assert_eq!(l.attrs.backend_type, "vxlan");
         assert_eq!(
             l.attrs.backend_data,
-            Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}))
+            Some(json!({"VNI": 1, "VtepMAC": "0e:00:00:00:00:02"}).into())
         );
         assert_eq!((l.revision, l.created), (7, 1_793_527_200));
     }
