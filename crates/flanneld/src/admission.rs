@@ -128,8 +128,7 @@ impl NetworkRules {
             ipv6_subnet,
             public_ip,
             public_ipv6,
-            vtep_mac: None,
-            vtep_v6_mac: None,
+            data: crate::backend::PeerData::None,
         })
     }
 }
@@ -509,7 +508,10 @@ mod tests {
                 return Err(format!("backend type {:?}", lease.attrs.backend_type));
             }
             let mac = check_vtep_mac(lease.attrs.backend_data.as_ref(), "BackendData")?;
-            peer.vtep_mac = Some(mac);
+            peer.data = crate::backend::PeerData::Vtep {
+                v4: Some(mac),
+                v6: None,
+            };
             claims.push(Claim::VtepMac4(mac));
             Ok(())
         }
@@ -838,7 +840,7 @@ mod tests {
                     prop_assert!(net.contains(&s) && s.prefix_len() == 24 && s.trunc() == s);
                     prop_assert!(s != "10.244.1.0/24".parse::<Ipv4Net>().unwrap());
                     prop_assert!(subnets.insert(s));
-                    let m = p.vtep_mac.unwrap();
+                    let m = p.data.vtep(false).unwrap();
                     prop_assert!(m != vx().own_mac && !m.is_multicast() && !m.is_zero());
                     prop_assert!(macs.insert(m));
                 }

@@ -2,7 +2,7 @@
 //! (reconcile peers, renew/watch our lease, re-check traffic rules) until SIGTERM or our lease is revoked.
 
 use crate::admission::{Admission, NetworkRules};
-use crate::backend::{Backend, Local, Published};
+use crate::backend::{self, Backend, Local, Published};
 use crate::cli::Options;
 use crate::health;
 use crate::iface::{self, IpStack, SelectOptions};
@@ -260,7 +260,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
         public_ip: ext.ext_addr,
         public_ipv6: ext.ext_v6_addr,
     };
-    let mut backend = Backend::new(&cfg.backend_type, &cfg.backend, &local)?;
+    let mut backend = backend::build(&cfg.backend_type, &cfg.backend, &local)?;
     let stored_mac = |d: &Option<subnet::BackendData>| {
         d.as_ref()
             .and_then(|d| crate::admission::check_vtep_mac(Some(d), "stored backend data").ok())
@@ -557,7 +557,7 @@ impl StatusBase {
 
 /// The reconcile loop's state.
 struct Reconciler {
-    backend: Backend,
+    backend: Box<dyn Backend>,
     nl: Netlink,
     local: Local,
     rx: watch::Receiver<PeerSnapshot>,
@@ -616,7 +616,7 @@ async fn reconcile_loop(mut r: Reconciler) {
             let (generation, revision, mut admitted, refused_before) = {
                 let snap = r.rx.borrow_and_update();
                 let before = r.admission.refused().len();
-                let a = r.admission.admit(&snap.leases, &r.backend);
+                let a = r.admission.admit(&snap.leases, &*r.backend);
                 (snap.generation, snap.revision, a, before)
             };
             if refused_before != 0 || !r.admission.refused().is_empty() {

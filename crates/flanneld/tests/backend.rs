@@ -1,7 +1,6 @@
 //! Backends against the real kernel, each test in its own network namespace.
 
-use flanneld::admission::PeerRules;
-use flanneld::backend::{Backend, Local, Peer};
+use flanneld::backend::{self, Local, Peer, PeerData};
 use kernel::Netlink;
 use serde_json::json;
 use std::process::Command;
@@ -67,8 +66,10 @@ fn vx_peer(n: u8, public: &str, mac: &str) -> Peer {
         ipv6_subnet: None,
         public_ip: Some(public.parse().unwrap()),
         public_ipv6: None,
-        vtep_mac: kernel::Mac::parse(mac),
-        vtep_v6_mac: None,
+        data: PeerData::Vtep {
+            v4: kernel::Mac::parse(mac),
+            v6: None,
+        },
     }
 }
 
@@ -84,7 +85,7 @@ fn vxlan_programs_and_prunes_peers() {
         // Before the lease exists (as in the daemon) the device is made but carries no address yet.
         let mut before = local(ul.index);
         before.subnet = None;
-        let mut b = Backend::new("vxlan", &json!({"Type": "vxlan"}), &before).unwrap();
+        let mut b = backend::build("vxlan", &json!({"Type": "vxlan"}), &before).unwrap();
         let p = b.setup(&nl).await.unwrap();
         assert!(
             p.backend_data.is_some(),
@@ -179,7 +180,7 @@ fn vxlan_programs_and_prunes_peers() {
         assert!(ip(&["route", "show", "dev", "flannel.1"]).contains("203.0.113.0/24"));
 
         // Restart: a new backend adopts the device with the same MAC.
-        let mut b2 = Backend::new("vxlan", &json!({}), &local(ul.index)).unwrap();
+        let mut b2 = backend::build("vxlan", &json!({}), &local(ul.index)).unwrap();
         let p2 = b2.setup(&nl).await.unwrap();
         assert_eq!(
             p2.backend_data.unwrap().to_value()["VtepMAC"]
@@ -195,7 +196,7 @@ fn vxlan_direct_routing_uses_host_route_on_same_segment() {
         let nl = Netlink::current().unwrap();
         let ul = nl.link_by_name("ul0").await.unwrap().unwrap();
         let mut b =
-            Backend::new("vxlan", &json!({"DirectRouting": true}), &local(ul.index)).unwrap();
+            backend::build("vxlan", &json!({"DirectRouting": true}), &local(ul.index)).unwrap();
         b.setup(&nl).await.unwrap();
         let peers = vec![
             vx_peer(2, "192.0.2.2", "0e:00:00:00:00:02"),
@@ -219,16 +220,16 @@ fn host_gw_routes_and_nat_check() {
         let ul = nl.link_by_name("ul0").await.unwrap().unwrap();
         let mut nat = local(ul.index);
         nat.public_ip = Some("198.51.100.9".parse().unwrap());
-        let e = Backend::new("host-gw", &json!({}), &nat)
+        let e = backend::build("host-gw", &json!({}), &nat)
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("198.51.100.9") && e.contains("ul0"), "{e}");
 
-        let mut b = Backend::new("host-gw", &json!({}), &local(ul.index)).unwrap();
+        let mut b = backend::build("host-gw", &json!({}), &local(ul.index)).unwrap();
         assert_eq!(b.setup(&nl).await.unwrap().mtu, 1500);
         let mut p = vx_peer(2, "192.0.2.2", "");
-        p.vtep_mac = None;
+        p.data = PeerData::None;
         b.reconcile(&nl, &[p.clone()]).await.unwrap();
         assert!(ip(&["route"]).contains("10.244.2.0/24 via 192.0.2.2 dev ul0"));
         // Stale route from a peer that left while we were down.
@@ -280,7 +281,7 @@ fn host_gw_routes_and_nat_check() {
 }
 
 fn unknown_backend_is_named() {
-    let e = Backend::new("ipsec-ish", &json!({}), &local(1))
+    let e = backend::build("ipsec-ish", &json!({}), &local(1))
         .err()
         .unwrap()
         .to_string();

@@ -1,9 +1,10 @@
 //! host-gw: a route per peer subnet via the peer's host address. Needs every node on one L2 segment.
 
 use super::{
-    check_type, is_self, managed_route, onlink_prefixes, BackendError, Local, Peer, Published,
-    Report, ROUTE_PROTOCOL,
+    check_type, is_self, managed_route, onlink_prefixes, Backend, BackendError, Local, Peer,
+    Published, Report, ROUTE_PROTOCOL,
 };
+use crate::admission::{Claim, PeerRules};
 use ipnet::IpNet;
 use kernel::route::Route;
 use kernel::Netlink;
@@ -144,5 +145,39 @@ impl HostGw {
             Some(e) => Err(e.into()),
             None => Ok(report),
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for HostGw {
+    fn type_name(&self) -> &'static str {
+        "host-gw"
+    }
+    async fn setup(&mut self, nl: &Netlink) -> Result<Published, BackendError> {
+        HostGw::setup(self, nl).await
+    }
+    async fn set_lease(&mut self, _nl: &Netlink, local: &Local) -> Result<(), BackendError> {
+        HostGw::set_lease(self, local);
+        Ok(())
+    }
+    async fn refresh(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        HostGw::refresh(self, nl).await
+    }
+    async fn reconcile(&mut self, nl: &Netlink, peers: &[Peer]) -> Result<Report, BackendError> {
+        HostGw::reconcile(self, nl, peers).await
+    }
+}
+
+impl PeerRules for HostGw {
+    fn admit_peer(
+        &self,
+        lease: &Lease,
+        peer: &mut Peer,
+        _claims: &mut Vec<Claim>,
+    ) -> Result<(), String> {
+        HostGw::admit_peer(self, lease, peer)
+    }
+    fn own_claims(&self) -> Vec<Claim> {
+        Vec::new()
     }
 }

@@ -4,7 +4,7 @@
 pub mod hostgw;
 pub mod vxlan;
 
-use crate::admission::{Claim, PeerRules};
+use crate::admission::PeerRules;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::link::Mac;
 use serde_json::Value;
@@ -22,10 +22,42 @@ pub struct Peer {
     pub public_ip: Option<Ipv4Addr>,
     /// Its public IPv6 address (underlay).
     pub public_ipv6: Option<Ipv6Addr>,
-    /// `BackendData.VtepMAC` of its lease (vxlan).
-    pub vtep_mac: Option<Mac>,
-    /// `BackendV6Data.VtepMAC` of its lease (vxlan over IPv6).
-    pub vtep_v6_mac: Option<Mac>,
+    /// What the backend parsed from the peer's `BackendData` for its own use (set by its
+    /// [`PeerRules::admit_peer`]).
+    pub data: PeerData,
+}
+
+/// The backend-specific part of an admitted peer, parsed once at admission. A small `Copy` value rather than a
+/// boxed per-backend type: thousands of peers are copied out of the snapshot on every pass, and most backends
+/// need nothing here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PeerData {
+    /// Nothing (host-gw, udp).
+    #[default]
+    None,
+    /// vxlan: `BackendData.VtepMAC` and `BackendV6Data.VtepMAC`.
+    Vtep {
+        /// IPv4 VTEP MAC.
+        v4: Option<Mac>,
+        /// IPv6 VTEP MAC.
+        v6: Option<Mac>,
+    },
+}
+
+impl PeerData {
+    /// The VTEP MAC for one family (vxlan peers only).
+    pub fn vtep(&self, v6: bool) -> Option<Mac> {
+        match *self {
+            PeerData::Vtep { v4, v6: m6 } => {
+                if v6 {
+                    m6
+                } else {
+                    v4
+                }
+            }
+            PeerData::None => None,
+        }
+    }
 }
 
 /// Route protocol (`RTPROT_*`) of the routes flanneld installs: `ip route` shows `proto 121`. It marks a route as
@@ -104,114 +136,84 @@ pub enum BackendError {
     Kernel(#[from] kernel::Error),
 }
 
-/// A configured backend.
-pub enum Backend {
-    /// Kernel VXLAN.
-    Vxlan(vxlan::Vxlan),
-    /// Routes via peers' host addresses.
-    HostGw(hostgw::HostGw),
-}
+/// A backend: one implementation per `Backend.Type`, chosen once at start by name from [`KINDS`] (upstream's
+/// `pkg/backend` registry; netavark's `NetworkDriver`). The daemon, admission, health and status code see only this
+/// trait. A backend parses its own options and its peers' `BackendData` ([`PeerRules::admit_peer`]), keeps its own
+/// kernel state, and may run its own packet loop next to the reconciler (started in [`Backend::set_lease`], fed by
+/// [`Backend::reconcile`], its counters shown by [`Backend::status`]).
+#[async_trait::async_trait]
+pub trait Backend: PeerRules + Send + Sync {
+    /// The `Backend.Type` this is (`vxlan`, `host-gw`, ...).
+    fn type_name(&self) -> &'static str;
 
-impl Backend {
-    /// Builds the backend named in the network config (`Backend.Type`, case-insensitive) with its options.
-    pub fn new(kind: &str, options: &Value, local: &Local) -> Result<Self, BackendError> {
-        match kind.to_ascii_lowercase().as_str() {
-            "vxlan" => Ok(Self::Vxlan(vxlan::Vxlan::new(options, local)?)),
-            "host-gw" => Ok(Self::HostGw(hostgw::HostGw::new(local)?)),
-            other => Err(BackendError::Config(format!(
-                "Backend.Type \"{other}\": unknown backend (supported: vxlan, host-gw)"
-            ))),
-        }
-    }
-
-    /// The VTEP MACs this node announced before (read back from its Node's annotations): a device that has to
-    /// be created gets them instead of the derived ones, so peers never see the MAC change across a restart or a
-    /// switch from upstream flannel. No effect for backends without a VTEP.
-    pub fn prefer_vtep_macs(&mut self, v4: Option<Mac>, v6: Option<Mac>) {
-        if let Self::Vxlan(b) = self {
-            b.prefer_macs(v4, v6);
-        }
-    }
+    /// The VTEP MACs this node announced before (read back from its lease or Node annotations): a device that has
+    /// to be created gets them instead of derived ones, so peers never see the MAC change across a restart or a
+    /// switch from upstream flannel. Backends without a VTEP ignore it.
+    fn prefer_vtep_macs(&mut self, _v4: Option<Mac>, _v6: Option<Mac>) {}
 
     /// Creates devices (before the lease exists); returns what to publish in the lease.
-    pub async fn setup(&mut self, nl: &kernel::Netlink) -> Result<Published, BackendError> {
-        match self {
-            Self::Vxlan(b) => b.setup(nl).await,
-            Self::HostGw(b) => b.setup(nl).await,
-        }
-    }
+    async fn setup(&mut self, nl: &kernel::Netlink) -> Result<Published, BackendError>;
 
     /// Configures the acquired lease (addresses on devices); called again if the lease changes.
-    pub async fn set_lease(
-        &mut self,
-        nl: &kernel::Netlink,
-        local: &Local,
-    ) -> Result<(), BackendError> {
-        match self {
-            Self::Vxlan(b) => b.set_lease(nl, local).await,
-            Self::HostGw(b) => {
-                b.set_lease(local);
-                Ok(())
-            }
-        }
-    }
+    async fn set_lease(&mut self, nl: &kernel::Netlink, local: &Local) -> Result<(), BackendError>;
 
     /// Re-reads what admission and reconciliation depend on that can change under us (the external interface's
     /// connected prefixes: which peers are on our L2 segment). Called before every pass.
-    pub async fn refresh(&mut self, nl: &kernel::Netlink) -> Result<(), BackendError> {
-        match self {
-            Self::Vxlan(b) => b.refresh(nl).await,
-            Self::HostGw(b) => b.refresh(nl).await,
-        }
+    async fn refresh(&mut self, _nl: &kernel::Netlink) -> Result<(), BackendError> {
+        Ok(())
     }
 
-    /// Whether the backend's devices still exist.
-    pub async fn devices_present(&self, nl: &kernel::Netlink) -> Result<bool, BackendError> {
-        match self {
-            Self::Vxlan(b) => b.devices_present(nl).await,
-            Self::HostGw(_) => Ok(true),
-        }
+    /// Whether the backend's devices still exist (false: the daemon calls `setup` and `set_lease` again).
+    async fn devices_present(&self, _nl: &kernel::Netlink) -> Result<bool, BackendError> {
+        Ok(true)
     }
 
-    /// Makes the kernel match `peers` exactly (within the flannel network).
-    pub async fn reconcile(
+    /// Makes the kernel (and the backend's own forwarding state) match `peers` exactly (within the flannel
+    /// network).
+    async fn reconcile(
         &mut self,
         nl: &kernel::Netlink,
         peers: &[Peer],
-    ) -> Result<Report, BackendError> {
-        match self {
-            Self::Vxlan(b) => b.reconcile(nl, peers).await,
-            Self::HostGw(b) => b.reconcile(nl, peers).await,
-        }
-    }
+    ) -> Result<Report, BackendError>;
 
-    /// The backend type string.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::Vxlan(_) => "vxlan",
-            Self::HostGw(_) => "host-gw",
-        }
+    /// What the backend adds to `/status` (a packet loop's counters), if anything.
+    fn status(&self) -> Option<Value> {
+        None
     }
 }
 
-impl PeerRules for Backend {
-    fn admit_peer(
-        &self,
-        lease: &Lease,
-        peer: &mut Peer,
-        claims: &mut Vec<Claim>,
-    ) -> Result<(), String> {
-        match self {
-            Self::Vxlan(b) => b.admit_peer(lease, peer, claims),
-            Self::HostGw(b) => b.admit_peer(lease, peer),
-        }
-    }
+/// Builds a backend from its options (`Backend` in the network config) and this node's view of the network.
+pub type Builder = fn(&Value, &Local) -> Result<Box<dyn Backend>, BackendError>;
 
-    fn own_claims(&self) -> Vec<Claim> {
-        match self {
-            Self::Vxlan(b) => b.own_claims(),
-            Self::HostGw(_) => Vec::new(),
-        }
+/// One row of the backend table: a `Backend.Type` and how to build it from its options.
+pub struct Kind {
+    /// The `Backend.Type` (matched case-insensitively, as upstream).
+    pub name: &'static str,
+    /// Validates the options and builds the backend (no kernel changes yet).
+    pub build: Builder,
+}
+
+/// Every backend flanneld has. Adding one is a module and a row here.
+pub const KINDS: &[Kind] = &[
+    Kind {
+        name: "vxlan",
+        build: |o, l| Ok(Box::new(vxlan::Vxlan::new(o, l)?)),
+    },
+    Kind {
+        name: "host-gw",
+        build: |_, l| Ok(Box::new(hostgw::HostGw::new(l)?)),
+    },
+];
+
+/// Builds the backend named in the network config (`Backend.Type`, case-insensitive) with its options.
+pub fn build(kind: &str, options: &Value, local: &Local) -> Result<Box<dyn Backend>, BackendError> {
+    match KINDS.iter().find(|k| k.name.eq_ignore_ascii_case(kind)) {
+        Some(k) => (k.build)(options, local),
+        None => Err(BackendError::Config(format!(
+            "Backend.Type \"{}\": unknown backend (supported: {})",
+            kind.to_ascii_lowercase(),
+            KINDS.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
 

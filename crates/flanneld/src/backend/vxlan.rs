@@ -3,10 +3,10 @@
 //! `DirectRouting`, peers on our own L2 segment get a plain route via their host address instead.
 
 use super::{
-    check_type, is_self, managed_route, onlink_prefixes, opt, BackendError, Local, Peer, Published,
-    Report, ROUTE_PROTOCOL,
+    check_type, is_self, managed_route, onlink_prefixes, opt, Backend, BackendError, Local, Peer,
+    PeerData, Published, Report, ROUTE_PROTOCOL,
 };
-use crate::admission::{check_vtep_mac, Claim};
+use crate::admission::{check_vtep_mac, Claim, PeerRules};
 use futures::stream::{self, StreamExt};
 use ipnet::IpNet;
 use kernel::neigh::Neighbour;
@@ -121,7 +121,7 @@ impl Vxlan {
         })
     }
 
-    /// MACs for devices this backend will create (see [`super::Backend::prefer_vtep_macs`]).
+    /// MACs for devices this backend will create (see [`Backend::prefer_vtep_macs`]).
     pub fn prefer_macs(&mut self, v4: Option<Mac>, v6: Option<Mac>) {
         self.preferred = (v4, v6);
     }
@@ -222,12 +222,18 @@ impl Vxlan {
         check_type(lease, "vxlan")?;
         if peer.subnet.is_some() && self.v4.is_some() {
             let mac = check_vtep_mac(lease.attrs.backend_data.as_ref(), "BackendData")?;
-            peer.vtep_mac = Some(mac);
+            peer.data = PeerData::Vtep {
+                v4: Some(mac),
+                v6: peer.data.vtep(true),
+            };
             claims.push(Claim::VtepMac4(mac));
         }
         if peer.ipv6_subnet.is_some() && self.v6.is_some() {
             let mac = check_vtep_mac(lease.attrs.backend_v6_data.as_ref(), "BackendV6Data")?;
-            peer.vtep_v6_mac = Some(mac);
+            peer.data = PeerData::Vtep {
+                v4: peer.data.vtep(false),
+                v6: Some(mac),
+            };
             claims.push(Claim::VtepMac6(mac));
         }
         Ok(())
@@ -348,13 +354,13 @@ impl Vxlan {
                     (
                         p.ipv6_subnet.map(IpNet::V6),
                         p.public_ipv6.map(IpAddr::V6),
-                        p.vtep_v6_mac,
+                        p.data.vtep(true),
                     )
                 } else {
                     (
                         p.subnet.map(IpNet::V4),
                         p.public_ip.map(IpAddr::V4),
-                        p.vtep_mac,
+                        p.data.vtep(false),
                     )
                 };
                 // Admission guarantees all three for every family the peer has a subnet of.
@@ -469,6 +475,45 @@ impl Vxlan {
     /// Our VTEP MAC (IPv4 device), once set up.
     pub fn vtep_mac(&self) -> Option<Mac> {
         self.v4.as_ref().or(self.v6.as_ref()).map(|d| d.mac)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Vxlan {
+    fn type_name(&self) -> &'static str {
+        "vxlan"
+    }
+    fn prefer_vtep_macs(&mut self, v4: Option<Mac>, v6: Option<Mac>) {
+        self.prefer_macs(v4, v6);
+    }
+    async fn setup(&mut self, nl: &Netlink) -> Result<Published, BackendError> {
+        Vxlan::setup(self, nl).await
+    }
+    async fn set_lease(&mut self, nl: &Netlink, local: &Local) -> Result<(), BackendError> {
+        Vxlan::set_lease(self, nl, local).await
+    }
+    async fn refresh(&mut self, nl: &Netlink) -> Result<(), BackendError> {
+        Vxlan::refresh(self, nl).await
+    }
+    async fn devices_present(&self, nl: &Netlink) -> Result<bool, BackendError> {
+        Vxlan::devices_present(self, nl).await
+    }
+    async fn reconcile(&mut self, nl: &Netlink, peers: &[Peer]) -> Result<Report, BackendError> {
+        Vxlan::reconcile(self, nl, peers).await
+    }
+}
+
+impl PeerRules for Vxlan {
+    fn admit_peer(
+        &self,
+        lease: &Lease,
+        peer: &mut Peer,
+        claims: &mut Vec<Claim>,
+    ) -> Result<(), String> {
+        Vxlan::admit_peer(self, lease, peer, claims)
+    }
+    fn own_claims(&self) -> Vec<Claim> {
+        Vxlan::own_claims(self)
     }
 }
 
