@@ -287,6 +287,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
     }
     local.ipv6_subnet = lease.ipv6_subnet.filter(|_| cfg.enable_ipv6);
     backend.set_lease(&nl, &local).await?;
+    state.set_backend_status(backend.status_source());
 
     // Traffic rules (they spawn iptables/nft, so off the async threads).
     let mode = Mode::from_enable_nftables(cfg.enable_nftables);
@@ -652,7 +653,6 @@ async fn reconcile_loop(mut r: Reconciler) {
                 ok: last_ok,
                 error: result.as_ref().err().map(|e| e.to_string()),
                 micros: took.as_micros() as u64,
-                backend_type: r.backend.type_name(),
                 keys,
             });
             if busy {

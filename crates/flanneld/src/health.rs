@@ -37,8 +37,6 @@ pub struct LastReconcile {
     pub error: Option<String>,
     /// How long the pass took.
     pub micros: u64,
-    /// The backend type it programmed (`vxlan`, `host-gw`).
-    pub backend_type: &'static str,
     /// Keys of the peers the pass saw, sorted (a peer that joined after it is not programmed yet).
     pub keys: Vec<SubnetKey>,
 }
@@ -57,6 +55,8 @@ pub struct State {
     status_remote: AtomicBool,
     /// What the daemon waits for before it can be ready (no config yet, no podCIDR yet), for /readyz.
     waiting: RwLock<Option<String>>,
+    /// The backend's own section (a packet loop's counters), read when /status is asked for.
+    backend: RwLock<Option<crate::backend::StatusSource>>,
 }
 
 impl State {
@@ -103,6 +103,13 @@ impl State {
         }
     }
 
+    /// Where the backend's section of /status comes from.
+    pub fn set_backend_status(&self, src: Option<crate::backend::StatusSource>) {
+        if let Ok(mut s) = self.backend.write() {
+            *s = src;
+        }
+    }
+
     /// Records the reconciler's last pass.
     pub fn set_last_reconcile(&self, r: LastReconcile) {
         if let Ok(mut s) = self.last.write() {
@@ -117,7 +124,13 @@ impl State {
         let rx = self.peers.read().ok().and_then(|r| r.clone());
         let snap = rx.as_ref().map(|r| r.borrow());
         let refused = self.refused.read().ok();
+        let backend = self
+            .backend
+            .read()
+            .ok()
+            .and_then(|b| b.as_ref().map(|f| f()));
         let doc = Doc {
+            backend: backend.as_ref(),
             base: base.as_deref(),
             leases: snap.as_ref().map(|s| &s.leases),
             last: last.as_ref().and_then(|l| l.as_ref()),
@@ -133,6 +146,7 @@ impl State {
 }
 
 struct Doc<'a> {
+    backend: Option<&'a Value>,
     base: Option<&'a Value>,
     leases: Option<&'a BTreeMap<SubnetKey, Lease>>,
     last: Option<&'a LastReconcile>,
@@ -157,6 +171,9 @@ impl Serialize for Doc<'_> {
         )?;
         // Leases in the store that are not programmed because admission refused them (each peer says why).
         m.serialize_entry("refused", &self.refused.map_or(0, |r| r.len()))?;
+        if let Some(b) = self.backend {
+            m.serialize_entry("backend", b)?;
+        }
         if let Some(l) = self.last {
             m.serialize_entry(
                 "lastReconcile",
@@ -184,9 +201,10 @@ impl Serialize for Peers<'_> {
         let leases = self.leases.into_iter().flatten();
         let mut seq = ser.serialize_seq(self.leases.map(|l| l.len()))?;
         for (key, l) in leases {
-            let programmed = self.last.is_some_and(|r| {
-                r.ok && l.attrs.backend_type == r.backend_type && r.keys.binary_search(key).is_ok()
-            });
+            // The pass's keys are the admitted ones: a lease of another backend type is refused, not programmed.
+            let programmed = self
+                .last
+                .is_some_and(|r| r.ok && r.keys.binary_search(key).is_ok());
             let refused = self
                 .refused
                 .and_then(|r| r.get(key))
@@ -351,18 +369,15 @@ mod tests {
             .iter()
             .all(|p| p["programmed"] == false));
 
-        // The pass saw 10.244.2 and 10.244.3 only; 10.244.3 has another backend type.
+        // The pass admitted 10.244.2 only (admission refused 10.244.3, of another backend type; 10.244.4 joined
+        // after the pass).
         st.set_last_reconcile(LastReconcile {
             generation: 7,
             revision: 9,
             ok: true,
             error: None,
             micros: 120,
-            backend_type: "vxlan",
-            keys: vec![
-                "10.244.2.0-24".parse().unwrap(),
-                "10.244.3.0-24".parse().unwrap(),
-            ],
+            keys: vec!["10.244.2.0-24".parse().unwrap()],
         });
         let v = st.status();
         let p = v["peers"].as_array().unwrap();
@@ -390,7 +405,6 @@ mod tests {
         st.set_last_reconcile(LastReconcile {
             ok: false,
             error: Some("boom".into()),
-            backend_type: "vxlan",
             keys: vec!["10.244.4.0-24".parse().unwrap()],
             ..Default::default()
         });

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod route;
 pub mod spoofcheck;
 pub mod sysctl;
+pub mod tun;
 pub mod vxlan;
 
 pub use error::{Error, Result};

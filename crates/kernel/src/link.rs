@@ -302,6 +302,16 @@ impl Netlink {
             .map_err(|e| Error::nl(format!("set link #{index} up"), e))
     }
 
+    /// Sets a link's MTU.
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set MTU {mtu} on link #{index}"), e))
+    }
+
     /// Brings a link down.
     pub async fn set_down(&self, index: u32) -> Result<()> {
         self.handle

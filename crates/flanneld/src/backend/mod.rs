@@ -2,6 +2,7 @@
 //! kernel state (routes, neighbours, FDB entries) and is safe to call again at any time (level-triggered).
 
 pub mod hostgw;
+pub mod udp;
 pub mod vxlan;
 
 use crate::admission::PeerRules;
@@ -176,14 +177,18 @@ pub trait Backend: PeerRules + Send + Sync {
         peers: &[Peer],
     ) -> Result<Report, BackendError>;
 
-    /// What the backend adds to `/status` (a packet loop's counters), if anything.
-    fn status(&self) -> Option<Value> {
+    /// Where `/status` reads the backend's own section from (a packet loop's counters), if it has one. A
+    /// function, not a value: the counters move between passes, and /status must not wait for the reconciler.
+    fn status_source(&self) -> Option<StatusSource> {
         None
     }
 }
 
 /// Builds a backend from its options (`Backend` in the network config) and this node's view of the network.
 pub type Builder = fn(&Value, &Local) -> Result<Box<dyn Backend>, BackendError>;
+
+/// The backend's `/status` section, rendered on request.
+pub type StatusSource = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
 
 /// One row of the backend table: a `Backend.Type` and how to build it from its options.
 pub struct Kind {
@@ -202,6 +207,10 @@ pub const KINDS: &[Kind] = &[
     Kind {
         name: "host-gw",
         build: |_, l| Ok(Box::new(hostgw::HostGw::new(l)?)),
+    },
+    Kind {
+        name: "udp",
+        build: |o, l| Ok(Box::new(udp::Udp::new(o, l)?)),
     },
 ];
 
@@ -241,6 +250,21 @@ pub(crate) async fn onlink_prefixes(
         .filter(|a| a.scope == 0)
         .map(|a| a.net.trunc())
         .collect())
+}
+
+/// Puts `want` on the device and removes any other global address (a previous lease's).
+pub(crate) async fn ensure_only_address(
+    nl: &kernel::Netlink,
+    index: u32,
+    want: IpNet,
+) -> Result<(), BackendError> {
+    for a in nl.addresses(index).await? {
+        if a.net.addr().is_ipv6() == want.addr().is_ipv6() && a.scope == 0 && a.net != want {
+            nl.delete_address(&a).await?;
+        }
+    }
+    nl.add_address(index, want).await?;
+    Ok(())
 }
 
 /// Whether a route found in the kernel is one flanneld may manage on interface `oif`: ours by protocol wherever it

@@ -3,8 +3,8 @@
 //! `DirectRouting`, peers on our own L2 segment get a plain route via their host address instead.
 
 use super::{
-    check_type, is_self, managed_route, onlink_prefixes, opt, Backend, BackendError, Local, Peer,
-    PeerData, Published, Report, ROUTE_PROTOCOL,
+    check_type, ensure_only_address, is_self, managed_route, onlink_prefixes, opt, Backend,
+    BackendError, Local, Peer, PeerData, Published, Report, ROUTE_PROTOCOL,
 };
 use crate::admission::{check_vtep_mac, Claim, PeerRules};
 use futures::stream::{self, StreamExt};
@@ -519,17 +519,6 @@ impl PeerRules for Vxlan {
 
 fn cfg_err(e: ipnet::PrefixLenError) -> BackendError {
     BackendError::Config(e.to_string())
-}
-
-/// Puts `want` on the device and removes any other global address (a previous lease's).
-async fn ensure_only_address(nl: &Netlink, index: u32, want: IpNet) -> Result<(), BackendError> {
-    for a in nl.addresses(index).await? {
-        if a.net.addr().is_ipv6() == want.addr().is_ipv6() && a.scope == 0 && a.net != want {
-            nl.delete_address(&a).await?;
-        }
-    }
-    nl.add_address(index, want).await?;
-    Ok(())
 }
 
 #[cfg(test)]
