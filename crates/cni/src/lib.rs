@@ -6,6 +6,7 @@ pub mod delegate;
 pub mod error;
 pub mod plugins;
 pub mod skel;
+pub mod subnet_env;
 pub mod types;
 pub mod version;
 

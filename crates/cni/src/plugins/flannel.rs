@@ -9,8 +9,8 @@ use crate::error::{
 };
 use crate::plugins::{self, bridge, Builtin};
 use crate::skel::{CmdArgs, Command, Outcome};
+use crate::subnet_env::SubnetEnv;
 use crate::types::NetConf;
-use ipnet::IpNet;
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -20,125 +20,6 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 /// Default directory of the per-container delegate cache.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
-
-/// The contents of `subnet.env`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct SubnetEnv {
-    /// `FLANNEL_NETWORK` (comma-separated list).
-    pub networks: Vec<IpNet>,
-    /// `FLANNEL_SUBNET`, as written (the gateway address with the subnet prefix, e.g. `10.244.1.1/24`).
-    pub subnet: Option<IpNet>,
-    /// `FLANNEL_IPV6_NETWORK`.
-    pub ipv6_networks: Vec<IpNet>,
-    /// `FLANNEL_IPV6_SUBNET`.
-    pub ipv6_subnet: Option<IpNet>,
-    /// `FLANNEL_MTU`.
-    pub mtu: u32,
-    /// `FLANNEL_IPMASQ`: flanneld masquerades, so the bridge must not.
-    pub ipmasq: bool,
-}
-
-impl SubnetEnv {
-    /// Parses the file's text; every error names the key and the value.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let mut env = SubnetEnv::default();
-        let (mut have_mtu, mut have_masq) = (false, false);
-        let nets = |k: &str, v: &str| -> Result<Vec<IpNet>, String> {
-            let mut out: Vec<IpNet> = Vec::new();
-            for s in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                let n: IpNet = s
-                    .parse()
-                    .map_err(|_| format!("{k}: invalid CIDR \"{s}\""))?;
-                if !out.contains(&n) {
-                    out.push(n);
-                }
-            }
-            Ok(out)
-        };
-        for line in text.lines() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let Some((k, v)) = line.split_once('=') else {
-                continue;
-            };
-            let v = v.trim().trim_matches('"');
-            match k.trim() {
-                "FLANNEL_NETWORK" => env.networks = nets(k, v)?,
-                "FLANNEL_IPV6_NETWORK" => env.ipv6_networks = nets(k, v)?,
-                "FLANNEL_SUBNET" => {
-                    env.subnet = Some(
-                        v.parse()
-                            .map_err(|_| format!("FLANNEL_SUBNET: invalid CIDR \"{v}\""))?,
-                    )
-                }
-                "FLANNEL_IPV6_SUBNET" => {
-                    env.ipv6_subnet = Some(
-                        v.parse()
-                            .map_err(|_| format!("FLANNEL_IPV6_SUBNET: invalid CIDR \"{v}\""))?,
-                    )
-                }
-                "FLANNEL_MTU" => {
-                    env.mtu = v
-                        .parse()
-                        .map_err(|_| format!("FLANNEL_MTU: invalid number \"{v}\""))?;
-                    have_mtu = true;
-                }
-                "FLANNEL_IPMASQ" => {
-                    env.ipmasq = v == "true";
-                    have_masq = true;
-                }
-                _ => {}
-            }
-        }
-        if env.networks.is_empty() && env.ipv6_networks.is_empty() {
-            return Err("missing FLANNEL_NETWORK or FLANNEL_IPV6_NETWORK".into());
-        }
-        if env.subnet.is_none() && env.ipv6_subnet.is_none() {
-            return Err("missing FLANNEL_SUBNET or FLANNEL_IPV6_SUBNET".into());
-        }
-        if !have_mtu {
-            return Err("missing FLANNEL_MTU".into());
-        }
-        if !have_masq {
-            return Err("missing FLANNEL_IPMASQ".into());
-        }
-        Ok(env)
-    }
-
-    /// Parses the file as read from disk (text that is not UTF-8 is an error, not flanneld's absence).
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let text = std::str::from_utf8(bytes).map_err(|e| format!("not UTF-8 text ({e})"))?;
-        Self::parse(text)
-    }
-
-    /// Renders the file as flanneld writes it.
-    pub fn render(&self) -> String {
-        let join = |v: &[IpNet]| {
-            v.iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut s = String::new();
-        if !self.networks.is_empty() {
-            s += &format!("FLANNEL_NETWORK={}\n", join(&self.networks));
-        }
-        if let Some(n) = self.subnet {
-            s += &format!("FLANNEL_SUBNET={n}\n");
-        }
-        if !self.ipv6_networks.is_empty() {
-            s += &format!("FLANNEL_IPV6_NETWORK={}\n", join(&self.ipv6_networks));
-        }
-        if let Some(n) = self.ipv6_subnet {
-            s += &format!("FLANNEL_IPV6_SUBNET={n}\n");
-        }
-        s += &format!("FLANNEL_MTU={}\n", self.mtu);
-        s += &format!("FLANNEL_IPMASQ={}\n", self.ipmasq);
-        s
-    }
-}
 
 struct FlannelConf {
     subnet_file: PathBuf,
@@ -703,33 +584,6 @@ mod tests {
     const ENV: &str = "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1472\nFLANNEL_IPMASQ=true\n";
 
     #[test]
-    fn parses_and_renders() {
-        let e = SubnetEnv::parse(ENV).unwrap();
-        assert_eq!(e.networks, vec!["10.1.0.0/16".parse::<IpNet>().unwrap()]);
-        assert_eq!(e.mtu, 1472);
-        assert!(e.ipmasq);
-        assert_eq!(e.render(), ENV);
-        assert_eq!(SubnetEnv::parse(&e.render()).unwrap(), e);
-    }
-
-    #[test]
-    fn missing_keys_are_named() {
-        assert!(SubnetEnv::parse(
-            "FLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_MTU=1\nFLANNEL_IPMASQ=true"
-        )
-        .unwrap_err()
-        .contains("FLANNEL_NETWORK"));
-        assert!(SubnetEnv::parse(
-            "FLANNEL_NETWORK=10.1.0.0/16\nFLANNEL_SUBNET=10.1.17.1/24\nFLANNEL_IPMASQ=true"
-        )
-        .unwrap_err()
-        .contains("FLANNEL_MTU"));
-        assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.1.0.0/33")
-            .unwrap_err()
-            .contains("10.1.0.0/33"));
-    }
-
-    #[test]
     fn renders_upstream_delegate() {
         let conf =
             NetConf::parse(br#"{"cniVersion":"0.3.1","name":"cni-flannel","type":"flannel"}"#)
@@ -883,44 +737,6 @@ mod tests {
         ]
     }
 
-    /// subnet.env's possible contents: the keys flanneld writes with values valid, near-valid or random, other
-    /// lines, and random bytes.
-    fn arb_subnet_env() -> impl Strategy<Value = Vec<u8>> {
-        let key = prop::sample::select(vec![
-            "FLANNEL_NETWORK",
-            "FLANNEL_SUBNET",
-            "FLANNEL_IPV6_NETWORK",
-            "FLANNEL_IPV6_SUBNET",
-            "FLANNEL_MTU",
-            "FLANNEL_IPMASQ",
-            "OTHER",
-        ]);
-        let value = prop_oneof![
-            (any::<[u8; 4]>(), 0u8..40)
-                .prop_map(|(a, p)| format!("{}.{}.{}.{}/{p}", a[0], a[1], a[2], a[3])),
-            (any::<[u16; 8]>(), 0u8..140)
-                .prop_map(|(a, p)| format!("{}/{p}", std::net::Ipv6Addr::from(a))),
-            any::<i64>().prop_map(|n| n.to_string()),
-            prop::sample::select(vec![
-                "true",
-                "false",
-                "\"10.1.0.0/16\"",
-                "10.1.0.0/16,10.2.0.0/16",
-                ""
-            ])
-            .prop_map(str::to_string),
-            ".{0,20}",
-        ];
-        let line = prop_oneof![
-            4 => (key, value).prop_map(|(k, v)| format!("{k}={v}")),
-            1 => ".{0,30}",
-        ];
-        prop_oneof![
-            4 => prop::collection::vec(line, 0..10).prop_map(|l| l.join("\n").into_bytes()),
-            1 => prop::collection::vec(any::<u8>(), 0..200),
-        ]
-    }
-
     /// JSON equality with floats equal within a relative 1e-12 (a text round trip may move the last digit).
     fn same_json(a: &Value, b: &Value) -> bool {
         match (a, b) {
@@ -943,11 +759,6 @@ mod tests {
     }
 
     proptest! {
-        #[test]
-        fn subnet_env_parse_never_panics(s in ".{0,300}") {
-            let _ = SubnetEnv::parse(&s);
-        }
-
         /// Cache file names as GC reads them back from the directory: any name splits (or is an old ID-only
         /// one), and the name of every valid attachment splits back into its container ID and interface.
         #[test]
@@ -956,15 +767,6 @@ mod tests {
             let _ = parse_cache_name(&name);
             let made = cache_name(&id, &ifname);
             prop_assert_eq!(parse_cache_name(&made), (id.as_str(), Some(ifname.as_str())));
-        }
-
-        /// subnet.env as read from disk: parsed or refused with a message, never a panic; what parses renders
-        /// back to text that parses to the same.
-        #[test]
-        fn subnet_env_file_never_panics(bytes in arb_subnet_env()) {
-            if let Ok(env) = SubnetEnv::from_bytes(&bytes) {
-                prop_assert_eq!(SubnetEnv::parse(&env.render()), Ok(env));
-            }
         }
 
         /// The delegate cache as read back by CHECK and DEL: an error or a request for the delegate, never a
