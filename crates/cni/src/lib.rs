@@ -4,6 +4,7 @@ pub mod args;
 pub mod conflist;
 pub mod delegate;
 pub mod error;
+pub mod identity;
 pub mod plugins;
 pub mod skel;
 pub mod subnet_env;
