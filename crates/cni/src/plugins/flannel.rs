@@ -2,13 +2,13 @@
 //! `host-local` ranges and routes by default), caches it per attachment (container ID and interface), and
 //! delegates to it.
 
-use crate::delegate;
 use crate::error::{
     CniError, Failures, ERR_DECODE, ERR_INCOMPATIBLE_VERSION, ERR_INVALID_CONFIG,
     ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER, ERR_UNSUPPORTED_FIELD,
 };
-use crate::plugins::{self, bridge, Builtin};
-use crate::skel::{CmdArgs, Command, Outcome};
+use crate::plugin::{Ctx, Plugin};
+use crate::plugins::{bridge, host_local};
+use crate::skel::{CmdArgs, Outcome};
 use crate::subnet_env::SubnetEnv;
 use crate::types::NetConf;
 use serde_json::{json, Map, Value};
@@ -293,6 +293,7 @@ fn teardown_ipam(fc: &FlannelConf, cached: Option<&Map<String, Value>>) -> Map<S
 /// host-local in-process; another IPAM plugin from CNI_PATH, skipped when it is not installed: it cannot have
 /// handed out anything then), the macspoofchk and ipMasq rules. Every step runs; one error names the failures.
 async fn teardown(
+    ctx: &Ctx<'_>,
     args: &CmdArgs,
     conf: &NetConf,
     fc: &FlannelConf,
@@ -328,11 +329,13 @@ async fn teardown(
             req.insert("prevResult".into(), p.clone());
         }
     }
-    let req = args.with_stdin(to_bytes(&req)?);
-    let released = if itype == Builtin::HostLocal.type_name() {
-        Some(plugins::run(Builtin::HostLocal, req).await)
-    } else if delegate::find_in_path(&itype, &args.path).is_ok() {
-        Some(delegate::run(&itype, args, req.stdin).await)
+    let req = to_bytes(&req)?;
+    // Our host-local's release is flannel's own code, run whatever CNI_PATH holds (its files are the reference
+    // format, so it releases what either implementation reserved); another IPAM plugin goes through the executor.
+    let released = if itype == host_local::PLUGIN.name {
+        Some(host_local::PLUGIN.run(ctx, args.with_stdin(req)).await)
+    } else if ctx.exec.find(&itype, &args.path).is_ok() {
+        Some(ctx.delegate(&itype, args, req).await)
     } else {
         tracing::warn!(ipam = %itype, "IPAM plugin not installed; no addresses to release");
         None
@@ -454,126 +457,143 @@ fn rerender(conf: &NetConf, fc: &FlannelConf, path: &Path, why: &str) -> Option<
     Some(Cached { dtype, conf: d })
 }
 
-/// Runs the flannel plugin for one command.
-pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
+/// The flannel plugin's row of the plugin table.
+pub const PLUGIN: Plugin = Plugin {
+    name: "flannel",
+    add: |ctx, args, conf| Box::pin(add(ctx, args, conf)),
+    del: |ctx, args, conf| Box::pin(del(ctx, args, conf)),
+    check: |ctx, args, conf| Box::pin(check(ctx, args, conf)),
+    gc: Some(|ctx, args, conf| Box::pin(gc(ctx, args, conf))),
+    status: Some(|ctx, args, conf| Box::pin(status(ctx, args, conf))),
+};
+
+/// ADD: renders the delegate config from subnet.env, caches it, delegates.
+async fn add(ctx: &Ctx<'_>, args: &CmdArgs, conf: &NetConf) -> Outcome {
     let fc = FlannelConf::from_conf(conf)?;
-    match args.command {
-        Command::Add => {
-            let env = load_subnet_env(&fc.subnet_file)?;
-            let d = delegate_conf(conf, &fc, &env)?;
-            let bytes = to_bytes(&d)?;
-            // Saved before delegating so a DEL after a crash in the middle still knows what to undo.
-            save_cache(&fc, args, &bytes)?;
-            let dtype = d
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("bridge")
-                .to_string();
-            delegate::run(&dtype, args, bytes).await
-        }
-        Command::Del => {
-            // A cache under the old ID-only name is consumed as its writer would have (upstream removes it on the
-            // first DEL); a second attachment made by that writer had overwritten it anyway.
-            let Some((path, bytes)) = read_cache(&fc, args)? else {
-                return Ok(None);
-            };
-            match del_request(&path, bytes, conf, &fc)? {
-                Some(DelRequest {
-                    dtype,
-                    bytes,
-                    conf: cached,
-                }) => {
-                    match delegate::run(&dtype, args, bytes).await {
-                        Ok(_) => {}
-                        // A delegate that refuses its config would refuse every retry, and the pod would never
-                        // finish terminating (typically the ADD failed on that very setting, having taken nothing
-                        // but this cache). A bridge's DEL that failed otherwise is what the teardown does anyway.
-                        Err(e) if dtype == "bridge" || refuses_config(&e) => {
-                            tracing::warn!(delegate = %dtype, error = %e, "delegate DEL failed; releasing the attachment without it");
-                            teardown(args, conf, &fc, Some(&cached))
-                                .await
-                                .map_err(|t| CniError::new(e.code, format!("{e}; then {t}")))?;
-                        }
-                        // Kept when the delegate fails, so the runtime's retry can still finish the job.
-                        Err(e) => return Err(e),
-                    }
+    let env = load_subnet_env(&fc.subnet_file)?;
+    let d = delegate_conf(conf, &fc, &env)?;
+    let bytes = to_bytes(&d)?;
+    // Saved before delegating so a DEL after a crash in the middle still knows what to undo.
+    save_cache(&fc, args, &bytes)?;
+    let dtype = d
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
+    ctx.delegate(&dtype, args, bytes).await
+}
+
+/// DEL: delegates to the cached config, falling back to flannel's own teardown.
+async fn del(ctx: &Ctx<'_>, args: &CmdArgs, conf: &NetConf) -> Outcome {
+    let fc = FlannelConf::from_conf(conf)?;
+    // A cache under the old ID-only name is consumed as its writer would have (upstream removes it on the
+    // first DEL); a second attachment made by that writer had overwritten it anyway.
+    let Some((path, bytes)) = read_cache(&fc, args)? else {
+        return Ok(None);
+    };
+    match del_request(&path, bytes, conf, &fc)? {
+        Some(DelRequest {
+            dtype,
+            bytes,
+            conf: cached,
+        }) => {
+            match ctx.delegate(&dtype, args, bytes).await {
+                Ok(_) => {}
+                // A delegate that refuses its config would refuse every retry, and the pod would never
+                // finish terminating (typically the ADD failed on that very setting, having taken nothing
+                // but this cache). A bridge's DEL that failed otherwise is what the teardown does anyway.
+                Err(e) if dtype == "bridge" || refuses_config(&e) => {
+                    tracing::warn!(delegate = %dtype, error = %e, "delegate DEL failed; releasing the attachment without it");
+                    teardown(ctx, args, conf, &fc, Some(&cached))
+                        .await
+                        .map_err(|t| CniError::new(e.code, format!("{e}; then {t}")))?;
                 }
-                None => {
-                    tracing::warn!(path = %path.display(), "delegate cache unusable and subnet.env unreadable; releasing the attachment without a delegate");
-                    teardown(args, conf, &fc, None).await?;
-                }
+                // Kept when the delegate fails, so the runtime's retry can still finish the job.
+                Err(e) => return Err(e),
             }
-            remove_cache(&path).map(|()| None)
         }
-        Command::Check => {
-            let Some((path, bytes)) = read_cache(&fc, args)? else {
-                return Err(CniError::new(
-                    crate::error::ERR_UNKNOWN_CONTAINER,
-                    format!(
-                        "no delegate cache {} for this attachment",
-                        cache_path(&fc, args).display()
-                    ),
-                ));
-            };
-            let (dtype, bytes) = check_request(&path, &bytes, conf)?;
-            delegate::run(&dtype, args, bytes).await
+        None => {
+            tracing::warn!(path = %path.display(), "delegate cache unusable and subnet.env unreadable; releasing the attachment without a delegate");
+            teardown(ctx, args, conf, &fc, None).await?;
         }
-        Command::Gc => {
-            let valid = conf.valid_attachments()?;
-            let pairs: std::collections::HashSet<(&str, &str)> = valid
-                .iter()
-                .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
-                .collect();
-            let ids: std::collections::HashSet<&str> =
-                valid.iter().map(|a| a.container_id.as_str()).collect();
-            // Both steps run whatever happens to the other: a failing delegate must not keep the stale caches.
-            let mut f = Failures::new();
-            if let Ok(env) = load_subnet_env(&fc.subnet_file) {
-                let r = async {
-                    let mut d = delegate_conf(conf, &fc, &env)?;
-                    for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
-                        if let Some(v) = conf.extra.get(key) {
-                            d.insert(key.into(), v.clone());
-                        }
-                    }
-                    let dtype = d
-                        .get("type")
-                        .and_then(Value::as_str)
-                        .unwrap_or("bridge")
-                        .to_string();
-                    let bytes = to_bytes(&d)?;
-                    delegate::run(&dtype, args, bytes).await
-                };
-                f.step("delegate", r.await);
-            }
-            if let Ok(rd) = std::fs::read_dir(&fc.data_dir) {
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    let keep = match parse_cache_name(&name) {
-                        (id, Some(ifname)) => pairs.contains(&(id, ifname)),
-                        // The old ID-only name: kept while any attachment of the container is.
-                        (id, None) => ids.contains(id),
-                    };
-                    if !name.starts_with('.') && !keep {
-                        f.step(format!("delegate cache {name}"), remove_cache(&e.path()));
-                    }
-                }
-            }
-            f.finish("GC").map(|()| None)
-        }
-        Command::Status => {
-            let env = load_subnet_env(&fc.subnet_file)
-                .map_err(|e| CniError::new(ERR_NOT_AVAILABLE, e.msg))?;
-            let d = delegate_conf(conf, &fc, &env)?;
-            let dtype = d
-                .get("type")
-                .and_then(Value::as_str)
-                .unwrap_or("bridge")
-                .to_string();
-            delegate::run(&dtype, args, to_bytes(&d)?).await
-        }
-        Command::Version => Ok(None),
     }
+    remove_cache(&path).map(|()| None)
+}
+
+/// CHECK: the cached delegate, with this CHECK's version and prevResult.
+async fn check(ctx: &Ctx<'_>, args: &CmdArgs, conf: &NetConf) -> Outcome {
+    let fc = FlannelConf::from_conf(conf)?;
+    let Some((path, bytes)) = read_cache(&fc, args)? else {
+        return Err(CniError::new(
+            crate::error::ERR_UNKNOWN_CONTAINER,
+            format!(
+                "no delegate cache {} for this attachment",
+                cache_path(&fc, args).display()
+            ),
+        ));
+    };
+    let (dtype, bytes) = check_request(&path, &bytes, conf)?;
+    ctx.delegate(&dtype, args, bytes).await
+}
+
+/// GC: the delegate's GC with the valid attachments, and the caches of attachments no longer valid removed.
+async fn gc(ctx: &Ctx<'_>, args: &CmdArgs, conf: &NetConf) -> Outcome {
+    let fc = FlannelConf::from_conf(conf)?;
+    let valid = conf.valid_attachments()?;
+    let pairs: std::collections::HashSet<(&str, &str)> = valid
+        .iter()
+        .map(|a| (a.container_id.as_str(), a.ifname.as_str()))
+        .collect();
+    let ids: std::collections::HashSet<&str> =
+        valid.iter().map(|a| a.container_id.as_str()).collect();
+    // Both steps run whatever happens to the other: a failing delegate must not keep the stale caches.
+    let mut f = Failures::new();
+    if let Ok(env) = load_subnet_env(&fc.subnet_file) {
+        let r = async {
+            let mut d = delegate_conf(conf, &fc, &env)?;
+            for key in ["cni.dev/valid-attachments", "cni.dev/attachments"] {
+                if let Some(v) = conf.extra.get(key) {
+                    d.insert(key.into(), v.clone());
+                }
+            }
+            let dtype = d
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("bridge")
+                .to_string();
+            let bytes = to_bytes(&d)?;
+            ctx.delegate(&dtype, args, bytes).await
+        };
+        f.step("delegate", r.await);
+    }
+    if let Ok(rd) = std::fs::read_dir(&fc.data_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let keep = match parse_cache_name(&name) {
+                (id, Some(ifname)) => pairs.contains(&(id, ifname)),
+                // The old ID-only name: kept while any attachment of the container is.
+                (id, None) => ids.contains(id),
+            };
+            if !name.starts_with('.') && !keep {
+                f.step(format!("delegate cache {name}"), remove_cache(&e.path()));
+            }
+        }
+    }
+    f.finish("GC").map(|()| None)
+}
+
+/// STATUS: flanneld has written subnet.env, and the delegate is ready.
+async fn status(ctx: &Ctx<'_>, args: &CmdArgs, conf: &NetConf) -> Outcome {
+    let fc = FlannelConf::from_conf(conf)?;
+    let env =
+        load_subnet_env(&fc.subnet_file).map_err(|e| CniError::new(ERR_NOT_AVAILABLE, e.msg))?;
+    let d = delegate_conf(conf, &fc, &env)?;
+    let dtype = d
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
+    ctx.delegate(&dtype, args, to_bytes(&d)?).await
 }
 
 #[cfg(test)]
