@@ -2,10 +2,13 @@
 
 pub mod args;
 pub mod conflist;
-pub mod delegate;
 pub mod error;
+pub mod identity;
+pub mod invoke;
+pub mod plugin;
 pub mod plugins;
 pub mod skel;
+pub mod subnet_env;
 pub mod types;
 pub mod version;
 

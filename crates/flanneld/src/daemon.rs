@@ -6,10 +6,9 @@ use crate::backend::{self, Backend, Local, Published};
 use crate::cli::Options;
 use crate::health;
 use crate::iface::{self, IpStack, SelectOptions};
-use crate::subnet_file;
 use crate::traffic::{MasqConfig, Mode, NetPair, TrafficManager};
 use anyhow::{anyhow, Context, Result};
-use cni::plugins::flannel::SubnetEnv;
+use cni::subnet_env::{self, SubnetEnv};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use kernel::Netlink;
 use serde_json::json;
@@ -218,7 +217,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
         health::serve(addr, state.clone()).await?;
     }
 
-    let previous = subnet_file::read(&opts.subnet_file);
+    let previous = subnet_env::read(&opts.subnet_file);
     let manager = subnet_manager(&opts, previous_key(&previous)).await?;
     info!("subnet manager: {}", manager.name());
     let cfg = retrying("couldn't fetch network config", &state, || {
@@ -360,7 +359,7 @@ pub async fn run(opts: Options) -> Result<Exit> {
         mtu: published.mtu,
         ipmasq: opts.ip_masq,
     };
-    subnet_file::write(&opts.subnet_file, &env)
+    subnet_env::write(&opts.subnet_file, &env)
         .with_context(|| format!("writing subnet file {}", opts.subnet_file.display()))?;
     let base = StatusBase {
         subnet_file: opts.subnet_file.display().to_string(),

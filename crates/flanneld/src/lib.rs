@@ -8,5 +8,4 @@ pub mod health;
 pub mod iface;
 pub mod install_cni;
 pub mod memory;
-pub mod subnet_file;
 pub mod traffic;

@@ -6,9 +6,9 @@
 //! a new bridge gets a fixed MAC at creation instead of being re-pinned on every ADD; no sleep waiting for the port
 //! to come up (it is up at creation and the bridge has no STP); a failed ADD removes what it made.
 
-use crate::delegate;
 use crate::error::{CniError, Failures, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
-use crate::skel::{CmdArgs, Command, Outcome};
+use crate::plugin::{Ctx, Plugin};
+use crate::skel::{CmdArgs, Command};
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
 use ipnet::IpNet;
 use kernel::{ipmasq, spoofcheck};
@@ -259,23 +259,47 @@ fn host_veth_name() -> Result<String, CniError> {
     ))
 }
 
-/// Runs the bridge plugin for one command.
-pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
-    let bc = BridgeConf::from_conf(conf)?;
-    match args.command {
-        Command::Add => add(args, conf, &bc).await.map(Some),
-        Command::Del => del(args, conf, &bc).await.map(|_| None),
-        Command::Check => check(args, conf, &bc).await.map(|_| None),
-        Command::Gc => gc(args, conf, &bc).await.map(|_| None),
-        Command::Status => match &bc.ipam_type {
-            Some(t) => delegate::run(t, args, args.stdin.clone())
-                .await
-                .map(|_| None),
-            None => Ok(None),
-        },
-        Command::Version => Ok(None),
-    }
-}
+/// The bridge plugin's row of the plugin table. Every verb parses the bridge settings first (a bad one is a
+/// config error whatever the command); IPAM is delegated through the context's executor.
+pub const PLUGIN: Plugin = Plugin {
+    name: "bridge",
+    add: |ctx, args, conf| {
+        Box::pin(async move {
+            let bc = BridgeConf::from_conf(conf)?;
+            add(ctx, args, conf, &bc).await.map(Some)
+        })
+    },
+    del: |ctx, args, conf| {
+        Box::pin(async move {
+            let bc = BridgeConf::from_conf(conf)?;
+            del(ctx, args, conf, &bc).await.map(|()| None)
+        })
+    },
+    check: |ctx, args, conf| {
+        Box::pin(async move {
+            let bc = BridgeConf::from_conf(conf)?;
+            check(ctx, args, conf, &bc).await.map(|()| None)
+        })
+    },
+    gc: Some(|ctx, args, conf| {
+        Box::pin(async move {
+            let bc = BridgeConf::from_conf(conf)?;
+            gc(ctx, args, conf, &bc).await.map(|()| None)
+        })
+    }),
+    status: Some(|ctx, args, conf| {
+        Box::pin(async move {
+            let bc = BridgeConf::from_conf(conf)?;
+            match &bc.ipam_type {
+                Some(t) => ctx
+                    .delegate(t, args, args.stdin.clone())
+                    .await
+                    .map(|_| None),
+                None => Ok(None),
+            }
+        })
+    }),
+};
 
 /// What a partly done ADD has to undo.
 struct Undo {
@@ -286,7 +310,12 @@ struct Undo {
     spoofchk: bool,
 }
 
-async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResult, CniError> {
+async fn add(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+) -> Result<CniResult, CniError> {
     let ns = open_netns(&args.netns)?;
     let mac = mac_arg(args, conf)?;
     let host = Netlink::current()?;
@@ -302,7 +331,7 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
         host_veth: None,
         spoofchk: false,
     };
-    match add_inner(args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
+    match add_inner(ctx, args, conf, bc, &ns, &host, &pod, mac, &mut undo).await {
         Ok(r) => Ok(r),
         Err(e) => {
             // Leave nothing behind: the veth pair, the IP, the masquerade rules, each step whatever the others
@@ -324,7 +353,7 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
                 };
                 f.step(
                     format!("IPAM ({t})"),
-                    delegate::run(&t, &del, args.stdin.clone()).await,
+                    ctx.delegate(&t, &del, args.stdin.clone()).await,
                 );
             }
             if bc.ip_masq {
@@ -347,6 +376,7 @@ async fn add(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<CniResul
 
 #[allow(clippy::too_many_arguments)]
 async fn add_inner(
+    ctx: &Ctx<'_>,
     args: &CmdArgs,
     conf: &NetConf,
     bc: &BridgeConf,
@@ -367,7 +397,8 @@ async fn add_inner(
     };
     if let Some(t) = &bc.ipam_type {
         undo.ipam = Some(t.clone());
-        let r = delegate::run(t, args, args.stdin.clone())
+        let r = ctx
+            .delegate(t, args, args.stdin.clone())
             .await?
             .ok_or_else(|| CniError::internal(format!("IPAM plugin {t} returned no result")))?;
         if r.ips.is_empty() {
@@ -711,7 +742,12 @@ async fn ensure_gateway_addr(
     Ok(())
 }
 
-async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
+async fn del(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+) -> Result<(), CniError> {
     let ns = del_netns(&args.netns)?;
     // Every step runs whatever happened to the others, so one failure leaves as little as possible behind for
     // the runtime's retry; each step is idempotent.
@@ -722,7 +758,7 @@ async fn del(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniE
     if let Some(t) = &bc.ipam_type {
         f.step(
             format!("IPAM ({t})"),
-            delegate::run(t, args, args.stdin.clone()).await,
+            ctx.delegate(t, args, args.stdin.clone()).await,
         );
     }
     if bc.macspoofchk {
@@ -818,9 +854,14 @@ async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), Cn
     Ok(())
 }
 
-async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
+async fn check(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+) -> Result<(), CniError> {
     if let Some(t) = &bc.ipam_type {
-        delegate::run(t, args, args.stdin.clone()).await?;
+        ctx.delegate(t, args, args.stdin.clone()).await?;
     }
     let prev = conf
         .prev()?
@@ -929,12 +970,17 @@ async fn check(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), Cn
     Ok(())
 }
 
-async fn gc(args: &CmdArgs, conf: &NetConf, bc: &BridgeConf) -> Result<(), CniError> {
+async fn gc(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    conf: &NetConf,
+    bc: &BridgeConf,
+) -> Result<(), CniError> {
     let mut f = Failures::new();
     if let Some(t) = &bc.ipam_type {
         f.step(
             format!("IPAM ({t})"),
-            delegate::run(t, args, args.stdin.clone()).await,
+            ctx.delegate(t, args, args.stdin.clone()).await,
         );
     }
     if bc.ip_masq {

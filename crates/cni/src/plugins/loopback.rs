@@ -1,19 +1,20 @@
 //! The `loopback` plugin: brings `lo` up in the pod (down on DEL).
 
 use crate::error::{CniError, ERR_INVALID_ENV};
-use crate::skel::{CmdArgs, Command, Outcome};
+use crate::plugin::Plugin;
+use crate::skel::CmdArgs;
 use crate::types::{CniResult, Interface, IpConfig, NetConf};
 use kernel::{Netlink, Netns};
 
-/// Runs the loopback plugin for one command.
-pub async fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
-    match args.command {
-        Command::Add => add(args, conf).await.map(Some),
-        Command::Del => del(args).await.map(|_| None),
-        Command::Check => check(args).await.map(|_| None),
-        Command::Gc | Command::Status | Command::Version => Ok(None),
-    }
-}
+/// The loopback plugin's row of the plugin table (no GC or STATUS: it keeps no state).
+pub const PLUGIN: Plugin = Plugin {
+    name: "loopback",
+    add: |_, args, conf| Box::pin(async move { add(args, conf).await.map(Some) }),
+    del: |_, args, _| Box::pin(async move { del(args).await.map(|()| None) }),
+    check: |_, args, _| Box::pin(async move { check(args).await.map(|()| None) }),
+    gc: None,
+    status: None,
+};
 
 async fn lo(ns: &Netns) -> Result<(Netlink, kernel::Link), CniError> {
     let nl = Netlink::in_netns(ns)?;

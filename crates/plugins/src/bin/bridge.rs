@@ -1,5 +1,5 @@
 //! The `bridge` CNI plugin executable.
 
 fn main() {
-    cni::plugins::main(cni::plugins::Builtin::Bridge)
+    cni::plugins::main("bridge")
 }

@@ -1,5 +1,5 @@
 //! The `flannel` CNI plugin executable.
 
 fn main() {
-    cni::plugins::main(cni::plugins::Builtin::Flannel)
+    cni::plugins::main("flannel")
 }

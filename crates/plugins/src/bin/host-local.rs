@@ -1,5 +1,5 @@
 //! The `host-local` CNI plugin executable.
 
 fn main() {
-    cni::plugins::main(cni::plugins::Builtin::HostLocal)
+    cni::plugins::main("host-local")
 }

@@ -1,5 +1,5 @@
 //! The `loopback` CNI plugin executable.
 
 fn main() {
-    cni::plugins::main(cni::plugins::Builtin::Loopback)
+    cni::plugins::main("loopback")
 }

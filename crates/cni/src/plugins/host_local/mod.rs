@@ -15,7 +15,8 @@ pub use config::{parse_resolv_conf, IpamConf, StorageConf, DEFAULT_DATA_DIR};
 pub use range::{Range, RangeIter, RangeSet, RangeSpec};
 
 use crate::error::{CniError, Failures, ERR_NOT_AVAILABLE};
-use crate::skel::{CmdArgs, Command, Outcome};
+use crate::plugin::Plugin;
+use crate::skel::CmdArgs;
 use crate::types::{CniResult, Dns, IpConfig, NetConf};
 use ipnet::IpNet;
 use std::collections::HashSet;
@@ -70,18 +71,15 @@ impl From<Error> for CniError {
     }
 }
 
-/// Runs host-local for one command.
-pub fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
-    match args.command {
-        Command::Add => cmd_add(args, conf).map(Some),
-        Command::Del => cmd_del(args, conf).map(|()| None),
-        Command::Check => cmd_check(args, conf).map(|()| None),
-        Command::Gc => cmd_gc(conf).map(|()| None),
-        Command::Status => cmd_status(conf).map(|()| None),
-        // The skeleton answers VERSION itself.
-        Command::Version => Ok(None),
-    }
-}
+/// host-local's row of the plugin table. Its verbs are synchronous: file operations under a lock.
+pub const PLUGIN: Plugin = Plugin {
+    name: "host-local",
+    add: |_, args, conf| Box::pin(std::future::ready(cmd_add(args, conf).map(Some))),
+    del: |_, args, conf| Box::pin(std::future::ready(cmd_del(args, conf).map(|()| None))),
+    check: |_, args, conf| Box::pin(std::future::ready(cmd_check(args, conf).map(|()| None))),
+    gc: Some(|_, _, conf| Box::pin(std::future::ready(cmd_gc(conf).map(|()| None)))),
+    status: Some(|_, _, conf| Box::pin(std::future::ready(cmd_status(conf).map(|()| None)))),
+};
 
 fn cmd_add(args: &CmdArgs, conf: &NetConf) -> Result<CniResult, CniError> {
     let ipam = IpamConf::load(conf, &args.args)?;

@@ -2,11 +2,23 @@
 
 use super::*;
 use crate::error::{ERR_INTERNAL, ERR_INVALID_CONFIG, ERR_NOT_AVAILABLE};
+use crate::plugin::{Ctx, DefaultExec};
+use crate::skel::{Command, Outcome};
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
+
+/// Runs host-local's table row for `args.command`, as the plugin binary does (host-local delegates nothing).
+fn run(args: &CmdArgs, conf: &NetConf) -> Outcome {
+    let exec = DefaultExec::new(&[]);
+    let ctx = Ctx { exec: &exec };
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+        .block_on(PLUGIN.call(&ctx, args, conf))
+}
 
 /// A unique directory removed on drop.
 struct TempDir(PathBuf);

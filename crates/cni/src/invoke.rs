@@ -1,16 +1,34 @@
-//! Delegation to another plugin: in-process when it is one of ours, otherwise by exec from `CNI_PATH`.
+//! Running another plugin, as libcni's `pkg/invoke` does: find it on `CNI_PATH`, exec it with the CNI environment
+//! and the configuration on stdin, decode its result or error.
 //!
-//! A delegate counts as ours when the executable `CNI_PATH` resolves to sits in the same directory as the running
-//! plugin (the suite is installed together). Then the exec would run this very code, so running it in-process gives
-//! the same result and side effects without a fork/exec. `FLANNEL_RS_DELEGATE_EXEC=1` forces exec.
+//! Plugins that delegate (flannel to bridge, bridge to its IPAM plugin) get an [`Exec`] handed in with their
+//! [`crate::plugin::Ctx`] and never exec anything themselves, so a test can give them a recording executor. The
+//! default one ([`crate::plugin::DefaultExec`]) runs a delegate that is this very build in-process and execs
+//! everything else with [`exec`].
 
 use crate::error::{CniError, ERR_INTERNAL};
-use crate::plugins::{self, Builtin};
 use crate::skel::{CmdArgs, Command, Outcome};
 use crate::types::CniResult;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
+
+/// A future the plugins' current-thread runtime polls; not `Send` (the netlink handles are not).
+pub type LocalBoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// How a plugin finds and runs its delegates.
+pub trait Exec {
+    /// Finds `plugin` on `cni_path` (libcni's `FindInPath`).
+    fn find(&self, plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
+        find_in_path(plugin, cni_path)
+    }
+
+    /// Runs the plugin at `path` (as [`Exec::find`] returned it) for `args.command` with `args.stdin` as its
+    /// configuration and the rest of `args` as its environment.
+    fn run<'a>(&'a self, path: &'a Path, args: CmdArgs) -> LocalBoxFuture<'a, Outcome>;
+}
 
 /// Finds `plugin` on `CNI_PATH`.
 pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
@@ -30,34 +48,9 @@ pub fn find_in_path(plugin: &str, cni_path: &str) -> Result<PathBuf, CniError> {
     )))
 }
 
-fn runs_in_process(found: &Path) -> bool {
-    if std::env::var("FLANNEL_RS_DELEGATE_EXEC").is_ok_and(|v| v == "1" || v == "true") {
-        return false;
-    }
-    let Ok(me) = std::env::current_exe() else {
-        return false;
-    };
-    let mine = me.canonicalize().ok();
-    let theirs = found.canonicalize().ok();
-    match (
-        mine.as_deref().and_then(Path::parent),
-        theirs.as_deref().and_then(Path::parent),
-    ) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
-}
-
-/// Runs `plugin` for `args.command` with `conf` on stdin and the caller's environment otherwise.
-pub async fn run(plugin: &str, args: &CmdArgs, conf: Vec<u8>) -> Outcome {
-    let path = find_in_path(plugin, &args.path)?;
-    let dargs = args.with_stdin(conf);
-    if let Some(kind) = Builtin::from_type(plugin) {
-        if runs_in_process(&path) {
-            return plugins::run(kind, dargs).await;
-        }
-    }
-    exec(&path, &dargs)
+/// `FLANNEL_RS_DELEGATE_EXEC=1` (or `true`): exec every delegate, even our own build (to compare, or to debug).
+pub fn force_exec() -> bool {
+    std::env::var("FLANNEL_RS_DELEGATE_EXEC").is_ok_and(|v| v == "1" || v == "true")
 }
 
 /// Execs a plugin binary as a runtime would and parses its result or error.
