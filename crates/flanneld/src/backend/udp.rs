@@ -284,7 +284,6 @@ impl Udp {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let mtu = self.mtu() as usize;
-        let from = self.local.subnet.map(|s| s.network());
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -302,7 +301,7 @@ impl Udp {
             );
             spawn(
                 "udp-tx",
-                Box::new(move || tx_loop(&tun, &sock, &table, &c, &stop, mtu, from)),
+                Box::new(move || tx_loop(&tun, &sock, &table, &c, &stop, mtu)),
             )?;
         }
         {
@@ -355,16 +354,13 @@ fn wait_readable(fd: i32, stop: &AtomicBool) -> bool {
     }
 }
 
-/// Writes an ICMP error about `pkt` (from our `flannel0` address) back into `flannel0`.
-fn answer(
-    tun: &Tun,
-    from: Option<Ipv4Addr>,
-    pkt: &[u8],
-    kind: V4Error,
-    out: &mut [u8],
-    c: &Counters,
-) {
-    let Some(from) = from else { return };
+/// Writes an ICMP error about `pkt` back into `flannel0`, from the packet's own destination.
+///
+/// Not from our `flannel0` address: a packet that enters through `flannel0` with one of this host's addresses as
+/// its source is a martian the kernel drops. The original destination is what the sender already talks to, and
+/// the kernel matches the error to the flow by the quoted header, not by the ICMP source.
+fn answer(tun: &Tun, pkt: &[u8], dst: IpAddr, kind: V4Error, out: &mut [u8], c: &Counters) {
+    let IpAddr::V4(from) = dst else { return };
     if let Some(n) = icmp::build_v4(out, from, pkt, kind) {
         if let Some(p) = out.get(..n) {
             if tun.file().write(p).is_err() {
@@ -382,7 +378,6 @@ fn tx_loop(
     c: &Counters,
     stop: &AtomicBool,
     mtu: usize,
-    from: Option<Ipv4Addr>,
 ) {
     let mut buf = vec![0u8; BUF];
     let mut icmp_buf = vec![0u8; icmp::V4_MAX_ERROR_LEN];
@@ -430,7 +425,7 @@ fn tx_loop(
                     V4Error::TimeExceeded => &c.ttl_expired,
                     V4Error::FragmentationNeeded { .. } => &c.too_big,
                 });
-                answer(tun, from, pkt, kind, &mut icmp_buf, c);
+                answer(tun, pkt, h.dst, kind, &mut icmp_buf, c);
             }
             Out::Drop => bump(&c.no_route),
         }
