@@ -16,10 +16,11 @@ fn secs(s: u64) -> Duration {
 }
 
 fn udp_cluster(nodes: usize) -> Cluster {
-    Cluster::builder()
-        .nodes(nodes)
-        .backend(json!({"Type": "udp"}))
-        .start()
+    udp_cluster_with(nodes, json!({"Type": "udp"}))
+}
+
+fn udp_cluster_with(nodes: usize, backend: Value) -> Cluster {
+    Cluster::builder().nodes(nodes).backend(backend).start()
 }
 
 /// The udp counters node `n` shows in /status.
@@ -108,8 +109,10 @@ fn has_echo_reply(got: &[(SocketAddr, Vec<u8>)], from: SocketAddr, dst: Ipv4Addr
 
 // ------------------------------------------------------------------------------------------------
 
-fn udp_three_nodes_full_mesh() {
-    let mut c = udp_cluster(3);
+/// Three nodes, every pod pair, TCP and UDP across nodes, on the path `backend` selects (`path`: what /status
+/// must report).
+fn full_mesh(backend: Value, path: &str) {
+    let mut c = udp_cluster_with(3, backend);
     c.add_pods(2);
     c.ping_matrix(false);
     for n in c.node_ids() {
@@ -185,6 +188,7 @@ fn udp_three_nodes_full_mesh() {
     );
     // The counters moved, and nothing was dropped.
     let n = a.node;
+    assert_eq!(counters(&c, n)["path"], path, "{}", counters(&c, n));
     assert!(counter(&c, n, "/txPackets") > 0, "{}", counters(&c, n));
     assert!(counter(&c, n, "/rxPackets") > 0, "{}", counters(&c, n));
     assert_eq!(counter(&c, n, "/dropped/notPeer"), 0, "{}", counters(&c, n));
@@ -194,6 +198,15 @@ fn udp_three_nodes_full_mesh() {
         "{}",
         counters(&c, n)
     );
+}
+
+fn udp_three_nodes_full_mesh() {
+    full_mesh(json!({"Type": "udp"}), "offload");
+}
+
+/// The one-packet-per-syscall path, forced with `Offload: false`, carries the same traffic.
+fn fallback_path_forced_on() {
+    full_mesh(json!({"Type": "udp", "Offload": false}), "plain");
 }
 
 /// A destination in the network that no lease holds gets ICMP net unreachable from flannel0's address; a pod
@@ -402,6 +415,7 @@ fn restart_under_ping() {
 
 testkit::main!(
     udp_three_nodes_full_mesh,
+    fallback_path_forced_on,
     unreachable_and_too_big_get_icmp,
     upstream_wire_format_and_spoofing,
     deleted_device_and_route_are_rebuilt,

@@ -31,6 +31,8 @@ use std::sync::Arc;
 use subnet::Lease;
 use tracing::{info, warn};
 
+mod fast;
+
 /// The TUN device name (upstream's `flannel%d` always yields `flannel0` on a node).
 pub const DEVICE: &str = "flannel0";
 /// Upstream's default `Port`.
@@ -38,8 +40,8 @@ pub const DEFAULT_PORT: u16 = 8285;
 /// IPv4 + UDP headers around each inner packet.
 pub const OVERHEAD: u32 = 28;
 
-/// The largest datagram we read: an IPv4 packet cannot be longer.
-const BUF: usize = 65536;
+/// The largest datagram or TUN packet we read: an IPv4 packet cannot be longer.
+const MAX_PACKET: usize = 65536;
 /// How often a blocked packet loop looks at its stop flag.
 const POLL_MS: i32 = 500;
 
@@ -48,6 +50,9 @@ const POLL_MS: i32 = 500;
 pub struct UdpConfig {
     /// `Port`: the UDP port peers send to and we send from.
     pub port: u16,
+    /// `Offload` (ours; upstream ignores unknown keys): use the fast path where the kernel has the offloads
+    /// (default true); false forces the one-packet-per-syscall path.
+    pub offload: bool,
 }
 
 impl UdpConfig {
@@ -64,7 +69,16 @@ impl UdpConfig {
                 }
             },
         };
-        Ok(Self { port })
+        let offload = match opt(options, "Offload") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(BackendError::Config(format!(
+                    "Backend.Offload {v}: must be true or false"
+                )))
+            }
+        };
+        Ok(Self { port, offload })
     }
 }
 
@@ -95,12 +109,15 @@ pub struct Counters {
     pub too_big: AtomicU64,
     /// Sends or writes the kernel refused.
     pub io_errors: AtomicU64,
+    /// Whether the loops run the offload path.
+    pub offload: AtomicBool,
 }
 
 impl Counters {
     fn json(&self) -> Value {
         let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
+            "path": if self.offload.load(Ordering::Relaxed) { "offload" } else { "plain" },
             "txPackets": g(&self.tx_packets),
             "txBytes": g(&self.tx_bytes),
             "rxPackets": g(&self.rx_packets),
@@ -235,6 +252,8 @@ pub struct Udp {
     loops: Option<Loops>,
     /// The peers of the table now in use, to report what a pass changed.
     current: HashMap<Ipv4Net, SocketAddrV4>,
+    /// Whether the packet loops run the offload path ([`fast`]) or one packet per syscall.
+    fast: bool,
 }
 
 impl Udp {
@@ -255,6 +274,7 @@ impl Udp {
             counters: Arc::new(Counters::default()),
             loops: None,
             current: HashMap::new(),
+            fast: false,
         })
     }
 
@@ -299,9 +319,16 @@ impl Udp {
                 self.counters.clone(),
                 stop.clone(),
             );
+            let fast = self.fast;
             spawn(
                 "udp-tx",
-                Box::new(move || tx_loop(&tun, &sock, &table, &c, &stop, mtu)),
+                Box::new(move || {
+                    if fast {
+                        fast::tx_loop(&tun, &sock, &table, &c, &stop, mtu)
+                    } else {
+                        tx_loop(&tun, &sock, &table, &c, &stop, mtu)
+                    }
+                }),
             )?;
         }
         {
@@ -313,9 +340,16 @@ impl Udp {
                 stop.clone(),
                 self.cfg.port,
             );
+            let fast = self.fast;
             spawn(
                 "udp-rx",
-                Box::new(move || rx_loop(&tun, &sock, &table, &c, &stop, port)),
+                Box::new(move || {
+                    if fast {
+                        fast::rx_loop(&tun, &sock, &table, &c, &stop, port)
+                    } else {
+                        rx_loop(&tun, &sock, &table, &c, &stop, port)
+                    }
+                }),
             )?;
         }
         self.loops = Some(Loops { stop });
@@ -359,14 +393,28 @@ fn wait_readable(fd: i32, stop: &AtomicBool) -> bool {
 /// Not from our `flannel0` address: a packet that enters through `flannel0` with one of this host's addresses as
 /// its source is a martian the kernel drops. The original destination is what the sender already talks to, and
 /// the kernel matches the error to the flow by the quoted header, not by the ICMP source.
-fn answer(tun: &Tun, pkt: &[u8], dst: IpAddr, kind: V4Error, out: &mut [u8], c: &Counters) {
+fn answer(
+    tun: &Tun,
+    vnet: bool,
+    pkt: &[u8],
+    dst: IpAddr,
+    kind: V4Error,
+    out: &mut [u8],
+    c: &Counters,
+) {
     let IpAddr::V4(from) = dst else { return };
-    if let Some(n) = icmp::build_v4(out, from, pkt, kind) {
-        if let Some(p) = out.get(..n) {
-            if tun.file().write(p).is_err() {
-                bump(&c.io_errors);
-            }
-        }
+    let Some(p) = icmp::build_v4(out, from, pkt, kind).and_then(|n| out.get(..n)) else {
+        return;
+    };
+    // With IFF_VNET_HDR every write starts with a virtio header: all zero is "a plain packet".
+    let none = [0u8; packet::virtio::VIRTIO_NET_HDR_LEN];
+    let hdr: &[u8] = if vnet { &none } else { &[] };
+    if tun
+        .file()
+        .write_vectored(&[std::io::IoSlice::new(hdr), std::io::IoSlice::new(p)])
+        .is_err()
+    {
+        bump(&c.io_errors);
     }
 }
 
@@ -379,7 +427,7 @@ fn tx_loop(
     stop: &AtomicBool,
     mtu: usize,
 ) {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; MAX_PACKET];
     let mut icmp_buf = vec![0u8; icmp::V4_MAX_ERROR_LEN];
     let fd = tun.file().as_raw_fd();
     while wait_readable(fd, stop) {
@@ -425,7 +473,7 @@ fn tx_loop(
                     V4Error::TimeExceeded => &c.ttl_expired,
                     V4Error::FragmentationNeeded { .. } => &c.too_big,
                 });
-                answer(tun, pkt, h.dst, kind, &mut icmp_buf, c);
+                answer(tun, false, pkt, h.dst, kind, &mut icmp_buf, c);
             }
             Out::Drop => bump(&c.no_route),
         }
@@ -441,7 +489,7 @@ fn rx_loop(
     stop: &AtomicBool,
     port: u16,
 ) {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; MAX_PACKET];
     let fd = sock.as_raw_fd();
     while wait_readable(fd, stop) {
         let (n, from) = match sock.recv_from(&mut buf) {
@@ -497,7 +545,13 @@ impl Backend for Udp {
     /// as upstream's udp lease.
     async fn setup(&mut self, nl: &Netlink) -> Result<Published, BackendError> {
         self.loops = None;
-        let tun = Tun::open(DEVICE, TunOptions::default())?;
+        let mut tun = Tun::open(
+            DEVICE,
+            TunOptions {
+                vnet_hdr: self.cfg.offload,
+                multi_queue: false,
+            },
+        )?;
         let link = nl.link_by_name(DEVICE).await?.ok_or_else(|| {
             BackendError::Unsupported(format!("udp: {DEVICE} vanished after creation"))
         })?;
@@ -513,11 +567,30 @@ impl Backend for Udp {
             })?;
             self.socket = Some(Arc::new(sock));
         }
+        self.fast = false;
+        if self.cfg.offload {
+            match self.socket.as_deref().map(|s| fast::enable(&tun, s)) {
+                Some(Ok(())) => self.fast = true,
+                Some(Err(why)) => {
+                    warn!("udp: kernel offloads unavailable ({why}); using one packet per syscall");
+                    // The device was opened for virtio headers; reopen it plain (same name, same link).
+                    drop(tun);
+                    tun = Tun::open(DEVICE, TunOptions::default())?;
+                }
+                None => {}
+            }
+        }
+        self.counters.offload.store(self.fast, Ordering::Relaxed);
         info!(
-            "udp: TUN {DEVICE} (MTU {}), UDP port {} on {}",
+            "udp: TUN {DEVICE} (MTU {}), UDP port {} on {}, {}",
             self.mtu(),
             self.cfg.port,
-            self.local.ext_name
+            self.local.ext_name,
+            if self.fast {
+                "offload path (TSO/GRO on flannel0, UDP GSO/GRO)"
+            } else {
+                "one packet per syscall"
+            }
         );
         self.tun = Some(Arc::new(tun));
         self.index = Some(link.index);
