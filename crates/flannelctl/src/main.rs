@@ -100,6 +100,10 @@ enum Bench {
         /// Also measure a second, identical hand-made path per backend (A/A control: the noise of a ratio).
         #[arg(long)]
         control: bool,
+        /// Only these groups of paths, comma-separated: veth, vxlan, host-gw, udp (udp brings its baseline, the
+        /// hand-made kernel VXLAN) [default: all].
+        #[arg(long, value_delimiter = ',', value_parser = ["veth", "vxlan", "host-gw", "udp"])]
+        paths: Vec<String>,
         /// Print the results as JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -278,6 +282,7 @@ fn main() {
                     seconds,
                     rounds,
                     control,
+                    paths,
                     json,
                 },
         } => bench_cni::default_ours_dir().and_then(|bins| {
@@ -287,6 +292,7 @@ fn main() {
                 bins,
                 json,
                 control,
+                paths,
             })
         }),
         Command::Bench {

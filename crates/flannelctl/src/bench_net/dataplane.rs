@@ -35,6 +35,8 @@ pub struct Options {
     pub json: bool,
     /// Also measure a second, identical hand-made path per backend (an A/A control: the noise floor of a ratio).
     pub control: bool,
+    /// Only these groups of paths (`veth`, `vxlan`, `host-gw`, `udp`); empty: all.
+    pub paths: Vec<String>,
 }
 
 /// A path between two pods.
@@ -135,7 +137,7 @@ pub fn run(o: &Options) -> Result<i32> {
         eprintln!("{}", machine_line(&m));
         eprintln!("building: plain veth, hand-made vxlan, hand-made routing, flanneld vxlan and host-gw clusters ...");
     }
-    let subjects = match build_all(&world, &bins, o.control) {
+    let subjects = match build_all(&world, &bins, o.control, &o.paths) {
         Ok(s) => s,
         Err(e) => {
             if super::interrupted() {
@@ -193,11 +195,28 @@ pub fn run(o: &Options) -> Result<i32> {
     })
 }
 
-fn build_all(world: &World, bins: &Bins, control: bool) -> Result<Vec<Subject>> {
-    let mut v = vec![build_veth(world)?];
+/// The paths to build: all, or those named in `--paths` (`veth`, `vxlan`, `host-gw`, `udp`).
+fn wanted(paths: &[String], group: &str) -> bool {
+    paths.is_empty() || paths.iter().any(|p| p == group)
+}
+
+fn build_all(world: &World, bins: &Bins, control: bool, paths: &[String]) -> Result<Vec<Subject>> {
+    let mut v = Vec::new();
+    if wanted(paths, "veth") {
+        v.push(build_veth(world)?);
+    }
     for vxlan in [true, false] {
+        // udp is compared with kernel VXLAN: its baseline comes with it.
+        let group = if vxlan { "vxlan" } else { "host-gw" };
+        let baseline_only = vxlan && !wanted(paths, group) && wanted(paths, "udp");
+        if !wanted(paths, group) && !baseline_only {
+            continue;
+        }
         v.push(build_hand(world, vxlan, false)?);
-        let ours = build_ours(world, bins, if vxlan { "vxlan" } else { "host-gw" })?;
+        if baseline_only {
+            continue;
+        }
+        let ours = build_ours(world, bins, group)?;
         let mut ours = ours.into_iter();
         v.extend(ours.next());
         if control {
@@ -205,8 +224,10 @@ fn build_all(world: &World, bins: &Bins, control: bool) -> Result<Vec<Subject>> 
         }
         v.extend(ours);
     }
-    v.push(build_udp(world, bins, true)?);
-    v.push(build_udp(world, bins, false)?);
+    if wanted(paths, "udp") {
+        v.push(build_udp(world, bins, true)?);
+        v.push(build_udp(world, bins, false)?);
+    }
     for s in &v {
         wait_reachable(s)?;
     }

@@ -42,6 +42,28 @@ pub const OVERHEAD: u32 = 28;
 
 /// The largest datagram or TUN packet we read: an IPv4 packet cannot be longer.
 const MAX_PACKET: usize = 65536;
+/// Send and receive buffer of the UDP socket.
+const SOCKET_BUFFER: i32 = 8 << 20;
+
+/// Sets a socket buffer size option (`SO_RCVBUFFORCE`, `SO_SNDBUFFORCE`).
+fn set_sock_buf(sock: &UdpSocket, opt: libc::c_int, bytes: i32) -> std::io::Result<()> {
+    // SAFETY: a valid fd, an int option value that outlives the call.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&bytes as *const i32).cast(),
+            std::mem::size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// How often a blocked packet loop looks at its stop flag.
 const POLL_MS: i32 = 500;
 
@@ -565,6 +587,16 @@ impl Backend for Udp {
             let sock = UdpSocket::bind(bind).map_err(|e| {
                 BackendError::Unsupported(format!("udp: cannot bind UDP {bind}: {e}"))
             })?;
+            // Big buffers: with GRO a queued datagram is a 64 KB run, and the default ~208 KB holds three;
+            // overflow is loss the pods' TCP pays for in retransmissions. FORCE (we are root) passes rmem_max.
+            for (opt, what) in [
+                (libc::SO_RCVBUFFORCE, "SO_RCVBUF"),
+                (libc::SO_SNDBUFFORCE, "SO_SNDBUF"),
+            ] {
+                if let Err(e) = set_sock_buf(&sock, opt, SOCKET_BUFFER) {
+                    warn!("udp: cannot set {what} to {SOCKET_BUFFER}: {e}");
+                }
+            }
             self.socket = Some(Arc::new(sock));
         }
         self.fast = false;
