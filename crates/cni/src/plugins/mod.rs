@@ -31,7 +31,7 @@ pub fn main(name: &str) -> ! {
         std::process::exit(2);
     };
     let about = format!("CNI {} plugin", plugin.name);
-    skel::main(&about, |args| {
+    skel::main(&about, plugin.versions, |args| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
