@@ -7,6 +7,7 @@ pub mod bridge;
 pub mod flannel;
 pub mod host_local;
 pub mod loopback;
+pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
 use crate::skel;
@@ -17,6 +18,7 @@ pub static TABLE: &[Plugin] = &[
     bridge::PLUGIN,
     host_local::PLUGIN,
     loopback::PLUGIN,
+    tuning::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -104,7 +106,10 @@ mod tests {
     #[test]
     fn table_rows_are_named_as_their_types() {
         let names: Vec<&str> = TABLE.iter().map(|p| p.name).collect();
-        assert_eq!(names, ["flannel", "bridge", "host-local", "loopback"]);
+        assert_eq!(
+            names,
+            ["flannel", "bridge", "host-local", "loopback", "tuning"]
+        );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
         assert!(from_type("macvlan").is_none());
     }
