@@ -3,6 +3,7 @@
 //!
 //! Adding a plugin: its module with a `PLUGIN` row, the row in [`TABLE`], and a binary calling [`main`].
 
+pub mod bandwidth;
 pub mod bridge;
 pub mod flannel;
 pub mod host_local;
@@ -19,6 +20,7 @@ pub static TABLE: &[Plugin] = &[
     host_local::PLUGIN,
     loopback::PLUGIN,
     tuning::PLUGIN,
+    bandwidth::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -108,7 +110,14 @@ mod tests {
         let names: Vec<&str> = TABLE.iter().map(|p| p.name).collect();
         assert_eq!(
             names,
-            ["flannel", "bridge", "host-local", "loopback", "tuning"]
+            [
+                "flannel",
+                "bridge",
+                "host-local",
+                "loopback",
+                "tuning",
+                "bandwidth"
+            ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
         assert!(from_type("macvlan").is_none());
