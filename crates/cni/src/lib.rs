@@ -1,4 +1,4 @@
-//! CNI spec library and the flannel-rs CNI plugins (flannel, bridge, host-local, loopback).
+//! CNI spec library and the flannel-rs CNI plugins (flannel, bridge, host-local, loopback, tuning, bandwidth).
 
 pub mod args;
 pub mod conflist;

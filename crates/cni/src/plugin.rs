@@ -22,6 +22,8 @@ pub type Verb = for<'a> fn(&'a Ctx<'a>, &'a CmdArgs, &'a NetConf) -> LocalBoxFut
 pub struct Plugin {
     /// The CNI `type`.
     pub name: &'static str,
+    /// The spec versions it speaks (what VERSION answers; any other config version is code 1).
+    pub versions: &'static [&'static str],
     /// ADD.
     pub add: Verb,
     /// DEL.
@@ -45,7 +47,7 @@ impl Plugin {
     /// process entry point does, so in-process and exec'd delegates behave alike.
     pub fn run<'a>(&'a self, ctx: &'a Ctx<'a>, args: CmdArgs) -> LocalBoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let conf = skel::load_conf(&args)?;
+            let conf = skel::load_conf(&args, self.versions)?;
             self.call(ctx, &args, &conf).await
         })
     }

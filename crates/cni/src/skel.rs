@@ -200,10 +200,10 @@ pub fn validate_network_name(name: &str) -> Result<(), CniError> {
     Ok(())
 }
 
-/// Parses the configuration and applies the version rules for the command.
-pub fn load_conf(args: &CmdArgs) -> Result<NetConf, CniError> {
+/// Parses the configuration and applies the version rules for the command; `supported` are the plugin's versions.
+pub fn load_conf(args: &CmdArgs, supported: &[&str]) -> Result<NetConf, CniError> {
     let conf = NetConf::parse(&args.stdin)?;
-    version::check_supported(conf.version())?;
+    version::check_supported(conf.version(), supported)?;
     validate_network_name(&conf.name)?;
     let need = match args.command {
         Command::Check => Some("0.4.0"),
@@ -228,8 +228,9 @@ pub fn load_conf(args: &CmdArgs) -> Result<NetConf, CniError> {
 /// What a command produced.
 pub type Outcome = Result<Option<CniResult>, CniError>;
 
-/// Runs a plugin as a process: reads env and stdin, calls `run`, prints the result or error JSON, exits.
-pub fn main<F>(about: &str, run: F) -> !
+/// Runs a plugin speaking the spec versions `supported` as a process: reads env and stdin, calls `run`, prints
+/// the result or error JSON, exits.
+pub fn main<F>(about: &str, supported: &[&str], run: F) -> !
 where
     F: FnOnce(CmdArgs) -> Outcome,
 {
@@ -239,7 +240,7 @@ where
             eprintln!(
                 "{about} (flannel-rs {}), CNI spec versions {}",
                 env!("CARGO_PKG_VERSION"),
-                version::SUPPORTED.join(", ")
+                supported.join(", ")
             );
             std::process::exit(0);
         }
@@ -253,18 +254,19 @@ where
                 .and_then(|s| s.as_str())
                 .map(str::to_string)
         })
-        .filter(|v| version::SUPPORTED.contains(&v.as_str()))
+        .filter(|v| supported.contains(&v.as_str()))
         .unwrap_or_else(|| version::CURRENT.to_string());
     let outcome = (|| -> Result<Option<String>, CniError> {
         let command = Command::parse(&cmd)
             .ok_or_else(|| CniError::env(format!("CNI_COMMAND: unknown command \"{cmd}\"")))?;
         read.map_err(|e| CniError::io(format!("failed to read stdin: {e}")))?;
         if command == Command::Version {
-            let out = serde_json::json!({"cniVersion": version_hint, "supportedVersions": version::SUPPORTED});
+            let out =
+                serde_json::json!({"cniVersion": version_hint, "supportedVersions": supported});
             return Ok(Some(out.to_string()));
         }
         let args = CmdArgs::from_env(command, stdin)?;
-        let ver = load_conf(&args)?.version().to_string();
+        let ver = load_conf(&args, supported)?.version().to_string();
         Ok(run(args)?.map(|r| r.to_value(&ver).to_string()))
     })();
     let mut out = std::io::stdout().lock();
@@ -336,6 +338,6 @@ mod tests {
             path: String::new(),
             stdin: br#"{"cniVersion":"0.3.1","name":"n","type":"bridge"}"#.to_vec(),
         };
-        assert_eq!(load_conf(&a).unwrap_err().code, 1);
+        assert_eq!(load_conf(&a, version::SUPPORTED).unwrap_err().code, 1);
     }
 }

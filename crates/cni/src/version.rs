@@ -7,6 +7,10 @@ pub const SUPPORTED: &[&str] = &[
     "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
 ];
 
+/// The versions of the plugins that only make sense in a chain (`tuning`, `bandwidth`): from 0.3.0, the first
+/// version with `prevResult`.
+pub const CHAINED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
 /// The newest spec version.
 pub const CURRENT: &str = "1.1.0";
 
@@ -30,15 +34,15 @@ pub fn at_least(v: &str, min: &str) -> bool {
     }
 }
 
-/// Checks a config's version is one this plugin supports exactly, as the Go skel does.
-pub fn check_supported(v: &str) -> Result<(), CniError> {
-    if SUPPORTED.contains(&v) {
+/// Checks a config's version is one of `supported` exactly, as the Go skel does.
+pub fn check_supported(v: &str, supported: &[&str]) -> Result<(), CniError> {
+    if supported.contains(&v) {
         return Ok(());
     }
     Err(
         CniError::new(ERR_INCOMPATIBLE_VERSION, "incompatible CNI versions").with_details(format!(
             "config is \"{v}\", plugin supports {:?}",
-            SUPPORTED
+            supported
         )),
     )
 }
@@ -60,9 +64,10 @@ mod tests {
     #[test]
     fn negotiation() {
         for v in SUPPORTED {
-            assert!(check_supported(v).is_ok());
+            assert!(check_supported(v, SUPPORTED).is_ok());
         }
-        let e = check_supported("9.9.9").unwrap_err();
+        assert_eq!(check_supported("0.2.0", CHAINED).unwrap_err().code, 1);
+        let e = check_supported("9.9.9", SUPPORTED).unwrap_err();
         assert_eq!(e.code, 1);
         assert!(e.details.contains("9.9.9"));
     }

@@ -13,6 +13,7 @@ pub mod netns;
 pub mod route;
 pub mod spoofcheck;
 pub mod sysctl;
+pub mod tc;
 pub mod tun;
 pub mod vxlan;
 

@@ -95,6 +95,10 @@ pub struct Link {
     pub oper_up: bool,
     /// Promiscuous.
     pub promisc: bool,
+    /// Receives all multicast frames (`IFF_ALLMULTI`).
+    pub allmulti: bool,
+    /// Transmit queue length (`IFLA_TXQLEN`).
+    pub txqlen: u32,
     /// The namespace's loopback device.
     pub loopback: bool,
 }
@@ -105,6 +109,7 @@ impl Link {
             index: m.header.index,
             up: m.header.flags.contains(LinkFlags::Up),
             promisc: m.header.flags.contains(LinkFlags::Promisc),
+            allmulti: m.header.flags.contains(LinkFlags::Allmulti),
             loopback: m.header.flags.contains(LinkFlags::Loopback),
             ..Default::default()
         };
@@ -117,6 +122,7 @@ impl Link {
                     l.mac = Some(Mac(mac));
                 }
                 LinkAttribute::Mtu(v) => l.mtu = *v,
+                LinkAttribute::TxQueueLen(v) => l.txqlen = *v,
                 LinkAttribute::Controller(c) => l.controller = Some(*c),
                 LinkAttribute::Link(p) => l.peer_index = Some(*p),
                 LinkAttribute::OperState(s) => l.oper_up = matches!(s, State::Up),
@@ -310,6 +316,36 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| Error::nl(format!("set MTU {mtu} on link #{index}"), e))
+    }
+
+    /// Turns promiscuous mode on or off (`ip link set DEV promisc on|off`).
+    pub async fn set_promisc(&self, index: u32, on: bool) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).promiscuous(on).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set promisc {on} on link #{index}"), e))
+    }
+
+    /// Turns all-multicast mode on or off (`ip link set DEV allmulticast on|off`).
+    pub async fn set_allmulti(&self, index: u32, on: bool) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).allmulticast(on).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set allmulticast {on} on link #{index}"), e))
+    }
+
+    /// Sets a link's transmit queue length (`ip link set DEV txqueuelen N`).
+    pub async fn set_txqlen(&self, index: u32, len: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).txqueuelen(len).build())
+            .execute()
+            .await
+            .map_err(|e| Error::nl(format!("set txqueuelen {len} on link #{index}"), e))
     }
 
     /// Brings a link down.

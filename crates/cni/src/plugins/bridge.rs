@@ -263,6 +263,7 @@ fn host_veth_name() -> Result<String, CniError> {
 /// config error whatever the command); IPAM is delegated through the context's executor.
 pub const PLUGIN: Plugin = Plugin {
     name: "bridge",
+    versions: crate::version::SUPPORTED,
     add: |ctx, args, conf| {
         Box::pin(async move {
             let bc = BridgeConf::from_conf(conf)?;

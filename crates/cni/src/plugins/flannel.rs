@@ -460,6 +460,7 @@ fn rerender(conf: &NetConf, fc: &FlannelConf, path: &Path, why: &str) -> Option<
 /// The flannel plugin's row of the plugin table.
 pub const PLUGIN: Plugin = Plugin {
     name: "flannel",
+    versions: crate::version::SUPPORTED,
     add: |ctx, args, conf| Box::pin(add(ctx, args, conf)),
     del: |ctx, args, conf| Box::pin(del(ctx, args, conf)),
     check: |ctx, args, conf| Box::pin(check(ctx, args, conf)),

@@ -9,6 +9,7 @@ use kernel::{Netlink, Netns};
 /// The loopback plugin's row of the plugin table (no GC or STATUS: it keeps no state).
 pub const PLUGIN: Plugin = Plugin {
     name: "loopback",
+    versions: crate::version::SUPPORTED,
     add: |_, args, conf| Box::pin(async move { add(args, conf).await.map(Some) }),
     del: |_, args, _| Box::pin(async move { del(args).await.map(|()| None) }),
     check: |_, args, _| Box::pin(async move { check(args).await.map(|()| None) }),

@@ -3,10 +3,12 @@
 //!
 //! Adding a plugin: its module with a `PLUGIN` row, the row in [`TABLE`], and a binary calling [`main`].
 
+pub mod bandwidth;
 pub mod bridge;
 pub mod flannel;
 pub mod host_local;
 pub mod loopback;
+pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
 use crate::skel;
@@ -17,6 +19,8 @@ pub static TABLE: &[Plugin] = &[
     bridge::PLUGIN,
     host_local::PLUGIN,
     loopback::PLUGIN,
+    tuning::PLUGIN,
+    bandwidth::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -31,7 +35,7 @@ pub fn main(name: &str) -> ! {
         std::process::exit(2);
     };
     let about = format!("CNI {} plugin", plugin.name);
-    skel::main(&about, |args| {
+    skel::main(&about, plugin.versions, |args| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -104,7 +108,17 @@ mod tests {
     #[test]
     fn table_rows_are_named_as_their_types() {
         let names: Vec<&str> = TABLE.iter().map(|p| p.name).collect();
-        assert_eq!(names, ["flannel", "bridge", "host-local", "loopback"]);
+        assert_eq!(
+            names,
+            [
+                "flannel",
+                "bridge",
+                "host-local",
+                "loopback",
+                "tuning",
+                "bandwidth"
+            ]
+        );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
         assert!(from_type("macvlan").is_none());
     }

@@ -170,6 +170,7 @@ impl Sandbox {
         Runtime {
             cni_path: imp.cni_path(),
             node: Some(self.node.path()),
+            env: self.env(),
         }
     }
 
@@ -178,7 +179,17 @@ impl Sandbox {
         Runtime {
             cni_path: dirs,
             node: Some(self.node.path()),
+            env: self.env(),
         }
+    }
+
+    /// Variables every plugin of this sandbox gets besides the `CNI_*` ones: files our plugins would otherwise
+    /// read from /etc (the tuning allowlist) are pointed into the temporary directory.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![(
+            "FLANNEL_RS_TUNING_ALLOWLIST".into(),
+            self.path("allowlist.conf").display().to_string(),
+        )]
     }
 
     /// The attachment of container `i` in `pod`, interface `eth0`.
@@ -551,6 +562,8 @@ fn plugin_failure(e: ListError<Out>) -> Out {
 pub struct Runtime {
     pub cni_path: Vec<PathBuf>,
     pub node: Option<String>,
+    /// Variables added to every invocation (see [`Sandbox::env`]).
+    pub env: Vec<(String, String)>,
 }
 
 impl Runtime {
@@ -577,8 +590,17 @@ impl Runtime {
     }
 
     /// Runs `ty` for `cmd` on `att` with `conf` on stdin.
+    /// The environment of `cmd` on `att`: the `CNI_*` variables and the sandbox's own.
+    pub fn env_for(&self, cmd: &str, att: Option<&Att>) -> Env {
+        let mut e = Env::for_cmd(cmd, att, &self.cni_path_str());
+        for (k, v) in &self.env {
+            e = e.set(k, v);
+        }
+        e
+    }
+
     pub fn exec(&self, ty: &str, cmd: &str, att: Option<&Att>, conf: &Value) -> Out {
-        let env = Env::for_cmd(cmd, att, &self.cni_path_str());
+        let env = self.env_for(cmd, att);
         self.exec_env(ty, &env, conf.to_string().as_bytes())
     }
 
@@ -591,7 +613,7 @@ impl Runtime {
         conf: &Value,
         limit: Duration,
     ) -> Option<Out> {
-        let env = Env::for_cmd(cmd, att, &self.cni_path_str());
+        let env = self.env_for(cmd, att);
         exec_plugin_bounded(
             &self.find(ty),
             self.node.as_deref(),
@@ -603,7 +625,7 @@ impl Runtime {
 
     /// Starts `ty` for `cmd` without waiting.
     pub fn spawn(&self, ty: &str, cmd: &str, att: Option<&Att>, conf: &Value) -> Child {
-        let env = Env::for_cmd(cmd, att, &self.cni_path_str());
+        let env = self.env_for(cmd, att);
         spawn_plugin(
             &self.find(ty),
             self.node.as_deref(),

@@ -74,6 +74,7 @@ impl From<Error> for CniError {
 /// host-local's row of the plugin table. Its verbs are synchronous: file operations under a lock.
 pub const PLUGIN: Plugin = Plugin {
     name: "host-local",
+    versions: crate::version::SUPPORTED,
     add: |_, args, conf| Box::pin(std::future::ready(cmd_add(args, conf).map(Some))),
     del: |_, args, conf| Box::pin(std::future::ready(cmd_del(args, conf).map(|()| None))),
     check: |_, args, conf| Box::pin(std::future::ready(cmd_check(args, conf).map(|()| None))),

@@ -1,0 +1,5 @@
+//! The `bandwidth` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("bandwidth")
+}

@@ -1,0 +1,5 @@
+//! The `tuning` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("tuning")
+}
