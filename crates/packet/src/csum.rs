@@ -12,15 +12,30 @@ use std::net::IpAddr;
 ///
 /// Every piece but the last must have even length (and so start at an even offset of the
 /// checksummed region); an odd final byte is padded with a zero byte as RFC 1071 says.
+///
+/// The bulk is summed as native little-endian 64-bit words split into 32-bit halves, which
+/// needs no byte swap per word and vectorizes; the folded result is byte-swapped once
+/// (RFC 1071 §2B: the one's-complement sum is byte-order independent). This loop is the
+/// udp backend's hottest: it runs over every byte segmented or coalesced.
 #[inline]
-pub fn sum(data: &[u8], mut acc: u64) -> u64 {
-    let mut words = data.chunks_exact(4);
+pub fn sum(data: &[u8], acc: u64) -> u64 {
+    let mut words = data.chunks_exact(8);
+    let mut le: u64 = 0;
     for w in &mut words {
+        if let Ok(b) = <[u8; 8]>::try_from(w) {
+            let x = u64::from_le_bytes(b);
+            le += (x & 0xffff_ffff) + (x >> 32);
+        }
+    }
+    let mut acc = acc + u64::from(fold(le).swap_bytes());
+    // The remainder starts at a multiple of 8 into `data`, so at an even offset.
+    let mut rest = words.remainder().chunks_exact(4);
+    for w in &mut rest {
         if let &[a, b, c, d] = w {
             acc += u64::from(u32::from_be_bytes([a, b, c, d]));
         }
     }
-    let tail = match *words.remainder() {
+    let tail = match *rest.remainder() {
         [a] => u32::from_be_bytes([a, 0, 0, 0]),
         [a, b] => u32::from_be_bytes([a, b, 0, 0]),
         [a, b, c] => u32::from_be_bytes([a, b, c, 0]),
