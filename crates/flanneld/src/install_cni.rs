@@ -14,9 +14,17 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// What our image ships: the plugins upstream's conflist delegates to (`flannel` → `bridge` → `host-local`) and
-/// `loopback`, which every runtime calls for the pod's `lo`.
-pub const DEFAULT_PLUGINS: &[&str] = &["flannel", "bridge", "host-local", "loopback"];
+/// What our image ships: the plugins upstream's conflist delegates to (`flannel` → `bridge` → `host-local`),
+/// `loopback`, which every runtime calls for the pod's `lo`, and the chained `tuning` and `bandwidth` that
+/// clusters add after flannel (sysctls; the ingress/egress-bandwidth pod annotations).
+pub const DEFAULT_PLUGINS: &[&str] = &[
+    "flannel",
+    "bridge",
+    "host-local",
+    "loopback",
+    "tuning",
+    "bandwidth",
+];
 
 /// Marks our temporary files, so a run killed half-way leaves nothing the next run does not remove.
 const TMP_MARK: &str = ".flannel-install-";
@@ -53,7 +61,7 @@ pub struct Options {
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "flannel,bridge,host-local,loopback"
+        default_value = "flannel,bridge,host-local,loopback,tuning,bandwidth"
     )]
     pub plugins: Vec<String>,
 }
@@ -354,6 +362,8 @@ mod tests {
                 "bridge",
                 "host-local",
                 "loopback",
+                "tuning",
+                "bandwidth",
                 "10-flannel.conflist"
             ]
         );
@@ -397,9 +407,9 @@ mod tests {
         }
         let t = tmp("nosrc");
         let mut o = opts(&t);
-        o.plugins.push("tuning".into());
+        o.plugins.push("vlan".into());
         let e = install(&o).unwrap_err();
-        assert!(e.to_string().contains("tuning"), "{e}");
+        assert!(e.to_string().contains("vlan"), "{e}");
         assert!(!o.cni_bin_dir.exists());
         for name in ["../x.conflist", "10-flannel.conf", ""] {
             let t = tmp("name");

@@ -9,7 +9,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-const PLUGINS: &[&str] = &["flannel", "bridge", "host-local", "loopback"];
+const PLUGINS: &[&str] = &[
+    "flannel",
+    "bridge",
+    "host-local",
+    "loopback",
+    "tuning",
+    "bandwidth",
+];
 const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 
 fn flanneld() -> PathBuf {

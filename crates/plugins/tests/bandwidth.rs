@@ -11,6 +11,15 @@ use std::process::Command;
 
 const NET: &str = "frtbw";
 
+/// Root, and the ifb module loaded without its default devices: loaded on demand (by the first ifb a test makes)
+/// it would create `ifb0` and `ifb1` in the machine's root namespace, which tests must leave alone.
+fn require_root_and_ifb() {
+    require_root();
+    if !Path::new("/sys/module/ifb").exists() {
+        let _ = Command::new("modprobe").args(["ifb", "numifbs=0"]).status();
+    }
+}
+
 fn ours_bw() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_bandwidth"))
 }
@@ -132,7 +141,7 @@ fn iperf(node: &str, pod: &str, pod_ip: &str, reverse: bool) -> f64 {
 /// Rates measured both ways at 10 and 100 Mbit/s are within 10 % of the configuration (TCP goodput: the
 /// shaper also counts the headers, about 4 % at MTU 1500).
 fn shapes_both_directions() {
-    require_root();
+    require_root_and_ifb();
     for mbit in [10u64, 100] {
         let sb = Sandbox::new();
         let pod = sb.pod(0);
@@ -178,7 +187,7 @@ fn shapes_both_directions() {
 /// Same qdiscs (kind, handle, parent, rate, burst, latency) and same ifb (name scheme, MTU, queue length) as the
 /// reference; each DELs what the other ADDed; the result carries the ifb as the reference's does.
 fn same_qdiscs_as_reference() {
-    require_root();
+    require_root_and_ifb();
     let sb = Sandbox::new();
     let rt = sb.runtime(&Impl::ours());
     let bw = json!({"type": "bandwidth", "ingressRate": 10_000_000, "ingressBurst": 2_000_000,
@@ -257,7 +266,7 @@ fn same_qdiscs_as_reference() {
 /// DEL is idempotent and removes the ifb also when the pod namespace is already gone; CHECK passes after ADD and
 /// fails when a qdisc is removed; ingress-only makes no ifb.
 fn del_check_and_cleanup() {
-    require_root();
+    require_root_and_ifb();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
@@ -330,7 +339,7 @@ fn del_check_and_cleanup() {
 
 /// Bad input: our code (the reference refuses too, with 999), nothing made.
 fn bad_input() {
-    require_root();
+    require_root_and_ifb();
     let sb = Sandbox::new();
     let pod = sb.pod(0);
     let rt = sb.runtime(&Impl::ours());
