@@ -56,7 +56,7 @@ enum Lab {
         #[arg(long, default_value_t = 2)]
         pods_per_node: usize,
         /// Backend.
-        #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw"])]
+        #[arg(long, default_value = "vxlan", value_parser = ["vxlan", "host-gw", "udp"])]
         backend: String,
         /// Lease store: the embedded one, or an etcd the lab starts.
         #[arg(long, default_value = "local", value_parser = ["local", "etcd"])]

@@ -107,8 +107,8 @@ pub fn up(o: &UpOptions) -> Result<()> {
     if o.pods_per_node > 50 {
         bail!("--pods-per-node {}: must be at most 50", o.pods_per_node);
     }
-    if !matches!(o.backend.as_str(), "vxlan" | "host-gw") {
-        bail!("--backend {}: flanneld has vxlan and host-gw", o.backend);
+    if !matches!(o.backend.as_str(), "vxlan" | "host-gw" | "udp") {
+        bail!("--backend {}: flanneld has vxlan, host-gw and udp", o.backend);
     }
     if !matches!(o.store.as_str(), "local" | "etcd") {
         bail!("--store {}: must be local or etcd", o.store);
