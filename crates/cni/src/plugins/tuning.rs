@@ -88,8 +88,9 @@ struct RawRuntimeConfig {
     mac: Option<String>,
 }
 
+/// The settings tuning applies: in the configuration itself and again under `args.cni`, which overrides it.
 #[derive(Debug, Default, Deserialize)]
-struct RawArgsCni {
+struct Tunables {
     #[serde(default)]
     sysctl: Option<Sysctls>,
     #[serde(default)]
@@ -107,7 +108,7 @@ struct RawArgsCni {
 #[derive(Debug, Default, Deserialize)]
 struct RawArgs {
     #[serde(default)]
-    cni: Option<RawArgsCni>,
+    cni: Option<Tunables>,
 }
 
 /// The plugin's keys as they are in the configuration.
@@ -115,18 +116,8 @@ struct RawArgs {
 struct RawConf {
     #[serde(default, rename = "dataDir")]
     data_dir: Option<String>,
-    #[serde(default)]
-    sysctl: Option<Sysctls>,
-    #[serde(default)]
-    mac: Option<String>,
-    #[serde(default)]
-    promisc: Option<bool>,
-    #[serde(default)]
-    mtu: Option<i64>,
-    #[serde(default)]
-    allmulti: Option<bool>,
-    #[serde(default, rename = "txQLen")]
-    txqlen: Option<i64>,
+    #[serde(flatten)]
+    tunables: Tunables,
     #[serde(default, rename = "runtimeConfig")]
     runtime_config: Option<RawRuntimeConfig>,
     #[serde(default)]
@@ -233,7 +224,8 @@ impl TuningConf {
     pub fn parse(stdin: &[u8], cni_args: &str) -> Result<Self, CniError> {
         let raw: RawConf = serde_json::from_slice(stdin)
             .map_err(|e| CniError::config(format!("invalid tuning configuration: {e}")))?;
-        let mut mac = raw.mac.filter(|m| !m.is_empty());
+        let t = raw.tunables;
+        let mut mac = t.mac.filter(|m| !m.is_empty());
         let env = CniArgs::parse(cni_args, &["MAC"])?;
         if let Some(m) = env.get("MAC").filter(|m| !m.is_empty()) {
             mac = Some(m.to_string());
@@ -245,32 +237,18 @@ impl TuningConf {
         {
             mac = Some(m);
         }
-        let mut sysctl = raw.sysctl.unwrap_or_default();
-        let (mut promisc, mut mtu, mut allmulti, mut txqlen) = (
-            raw.promisc.unwrap_or(false),
-            raw.mtu,
-            raw.allmulti,
-            raw.txqlen,
-        );
+        let mut sysctl = t.sysctl.unwrap_or_default();
+        let (mut promisc, mut mtu, mut allmulti, mut txqlen) =
+            (t.promisc.unwrap_or(false), t.mtu, t.allmulti, t.txqlen);
         if let Some(a) = raw.args.and_then(|a| a.cni) {
             for (k, v) in a.sysctl.unwrap_or_default().0 {
                 sysctl.set(k, v);
             }
-            if let Some(m) = a.mac {
-                mac = Some(m);
-            }
-            if let Some(p) = a.promisc {
-                promisc = p;
-            }
-            if a.mtu.is_some() {
-                mtu = a.mtu;
-            }
-            if a.allmulti.is_some() {
-                allmulti = a.allmulti;
-            }
-            if a.txqlen.is_some() {
-                txqlen = a.txqlen;
-            }
+            mac = a.mac.or(mac);
+            promisc = a.promisc.unwrap_or(promisc);
+            mtu = a.mtu.or(mtu);
+            allmulti = a.allmulti.or(allmulti);
+            txqlen = a.txqlen.or(txqlen);
         }
         let mac = match mac.filter(|m| !m.is_empty()) {
             Some(m) => Some(check_mac(&m)?),

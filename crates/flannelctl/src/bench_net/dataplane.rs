@@ -435,20 +435,21 @@ fn build_hand(world: &World, vxlan: bool, copy: bool) -> Result<Subject> {
     })
 }
 
-/// (c)/(e) A flanneld cluster on etcd with 4 nodes: nodes 1-2 run flanneld with no traffic rules (no --ip-masq,
-/// --iptables-forward-rules=false, bridge ipMasq false), exactly the kernel path of the hand-made baseline;
-/// nodes 3-4 run it as upstream's manifest does (--ip-masq, forward rules on), which puts netfilter (conntrack,
-/// nat) in the path. One pod per node, attached with our loopback + flannel (-> bridge -> host-local) plugins.
-fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>> {
-    let name = if backend == "vxlan" { "ov" } else { "og" };
-    let u = Underlay::build(world, name, 4)?;
-    let config = format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"{backend}"}}}}"#);
+/// A flanneld cluster on etcd, one node per entry of `nodes` (its flanneld flags, and the bridge's `ipMasq`, `None`
+/// for the plugin's default), `backend` the network config's `Backend`, one pod per node: the pods and their
+/// addresses.
+fn cluster(
+    world: &World,
+    bins: &Bins,
+    name: &str,
+    backend: &str,
+    nodes: &[(&[&str], Option<bool>)],
+) -> Result<Vec<(String, Ipv4Addr)>> {
+    let u = Underlay::build(world, name, nodes.len())?;
+    let config = format!(r#"{{"Network":"{NETWORK}","Backend":{backend}}}"#);
     super::start_etcd(world, &u, &format!("{name}-etcd"), &config)?;
-    let plain: &[&str] = &["--iptables-forward-rules=false"];
-    let masq: &[&str] = &["--ip-masq"];
     let mut daemons = Vec::new();
-    for (k, node) in u.nodes.iter().enumerate() {
-        let flags = if k < 2 { plain } else { masq };
+    for (k, (node, (flags, _))) in u.nodes.iter().zip(nodes).enumerate() {
         daemons.push(Daemon::start(
             world,
             bins,
@@ -461,13 +462,30 @@ fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>>
         d.wait_ready(world, Duration::from_secs(30))?;
     }
     let mut pods = Vec::new();
-    for (k, d) in daemons.iter().enumerate() {
+    for (k, (d, (_, ip_masq))) in daemons.iter().zip(nodes).enumerate() {
         let pod = world.netns(&format!("{name}-p{}", k + 1))?;
-        let ip_masq = if k < 2 { Some(false) } else { None };
-        let addr = super::attach_pod(world, bins, d, &pod, ip_masq)
+        let addr = super::attach_pod(world, bins, d, &pod, *ip_masq)
             .with_context(|| format!("attach a pod on {}", d.ns))?;
         pods.push((pod, addr));
     }
+    Ok(pods)
+}
+
+/// (c)/(e) A flanneld cluster on etcd with 4 nodes: nodes 1-2 run flanneld with no traffic rules (no --ip-masq,
+/// --iptables-forward-rules=false, bridge ipMasq false), exactly the kernel path of the hand-made baseline;
+/// nodes 3-4 run it as upstream's manifest does (--ip-masq, forward rules on), which puts netfilter (conntrack,
+/// nat) in the path. One pod per node, attached with our loopback + flannel (-> bridge -> host-local) plugins.
+fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>> {
+    let name = if backend == "vxlan" { "ov" } else { "og" };
+    let plain = (&["--iptables-forward-rules=false"][..], Some(false));
+    let masq = (&["--ip-masq"][..], None);
+    let pods = cluster(
+        world,
+        bins,
+        name,
+        &format!(r#"{{"Type":"{backend}"}}"#),
+        &[plain, plain, masq, masq],
+    )?;
     let mtu = if backend == "vxlan" { 1450 } else { 1500 };
     let vx = backend == "vxlan";
     Ok(vec![
@@ -506,30 +524,14 @@ fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>>
 /// `Offload: false` the one-packet-per-syscall path.
 fn build_udp(world: &World, bins: &Bins, offload: bool) -> Result<Subject> {
     let name = if offload { "ou" } else { "op" };
-    let u = Underlay::build(world, name, 2)?;
-    let config =
-        format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"udp","Offload":{offload}}}}}"#);
-    super::start_etcd(world, &u, &format!("{name}-etcd"), &config)?;
-    let mut daemons = Vec::new();
-    for (k, node) in u.nodes.iter().enumerate() {
-        daemons.push(Daemon::start(
-            world,
-            bins,
-            node,
-            &format!("{name}-flanneld{}", k + 1),
-            &["--iptables-forward-rules=false"],
-        )?);
-    }
-    for d in &daemons {
-        d.wait_ready(world, Duration::from_secs(30))?;
-    }
-    let mut pods = Vec::new();
-    for (k, d) in daemons.iter().enumerate() {
-        let pod = world.netns(&format!("{name}-p{}", k + 1))?;
-        let addr = super::attach_pod(world, bins, d, &pod, Some(false))
-            .with_context(|| format!("attach a pod on {}", d.ns))?;
-        pods.push((pod, addr));
-    }
+    let plain = (&["--iptables-forward-rules=false"][..], Some(false));
+    let pods = cluster(
+        world,
+        bins,
+        name,
+        &format!(r#"{{"Type":"udp","Offload":{offload}}}"#),
+        &[plain, plain],
+    )?;
     Ok(Subject {
         key: if offload {
             "ours-udp"

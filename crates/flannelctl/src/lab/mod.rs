@@ -108,7 +108,10 @@ pub fn up(o: &UpOptions) -> Result<()> {
         bail!("--pods-per-node {}: must be at most 50", o.pods_per_node);
     }
     if !matches!(o.backend.as_str(), "vxlan" | "host-gw" | "udp") {
-        bail!("--backend {}: flanneld has vxlan, host-gw and udp", o.backend);
+        bail!(
+            "--backend {}: flanneld has vxlan, host-gw and udp",
+            o.backend
+        );
     }
     if !matches!(o.store.as_str(), "local" | "etcd") {
         bail!("--store {}: must be local or etcd", o.store);

@@ -251,6 +251,61 @@ impl Table {
     }
 }
 
+/// What a packet loop works with.
+struct LoopCtx {
+    tun: Arc<Tun>,
+    sock: Arc<UdpSocket>,
+    table: Arc<ArcSwap<Table>>,
+    c: Arc<Counters>,
+    stop: Arc<AtomicBool>,
+    /// The tunnel MTU (largest inner packet).
+    mtu: usize,
+    /// The UDP port peers send from.
+    port: u16,
+}
+
+/// The counter of an ICMP error we answer with.
+fn icmp_counter(c: &Counters, kind: V4Error) -> &AtomicU64 {
+    match kind {
+        V4Error::NetUnreachable => &c.no_route,
+        V4Error::TimeExceeded => &c.ttl_expired,
+        V4Error::FragmentationNeeded { .. } => &c.too_big,
+    }
+}
+
+/// Checks one datagram from `from` (the same checks on both paths): the inner packet's length when it may be
+/// written to `flannel0`; otherwise the reason is counted and `None` returned.
+fn admit_datagram(
+    t: &Table,
+    from: SocketAddr,
+    port: u16,
+    pkt: &[u8],
+    c: &Counters,
+) -> Option<usize> {
+    let h = match packet::ip::inspect(pkt) {
+        Ok(h) if h.version == 4 => h,
+        _ => {
+            bump(&c.dropped_malformed);
+            return None;
+        }
+    };
+    match t.admit(from, port, &h) {
+        In::Deliver => Some(h.total_len),
+        In::NotPeer => {
+            bump(&c.dropped_not_peer);
+            None
+        }
+        In::Spoofed => {
+            bump(&c.dropped_spoofed);
+            None
+        }
+        In::NotOurs => {
+            bump(&c.dropped_not_ours);
+            None
+        }
+    }
+}
+
 /// The running packet loops of one `flannel0`.
 struct Loops {
     stop: Arc<AtomicBool>,
@@ -325,54 +380,27 @@ impl Udp {
             return Ok(());
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let mtu = self.mtu() as usize;
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+        let ctx = Arc::new(LoopCtx {
+            tun,
+            sock,
+            table: self.table.clone(),
+            c: self.counters.clone(),
+            stop: stop.clone(),
+            mtu: self.mtu() as usize,
+            port: self.cfg.port,
+        });
+        type LoopFn = fn(&LoopCtx);
+        let (tx, rx): (LoopFn, LoopFn) = if self.fast {
+            (fast::tx_loop, fast::rx_loop)
+        } else {
+            (tx_loop, rx_loop)
+        };
+        for (name, f) in [("udp-tx", tx), ("udp-rx", rx)] {
+            let ctx = ctx.clone();
             std::thread::Builder::new()
                 .name(name.into())
-                .spawn(f)
-                .map(|_| ())
-                .map_err(|e| BackendError::Unsupported(format!("udp: cannot start {name}: {e}")))
-        };
-        {
-            let (tun, sock, table, c, stop) = (
-                tun.clone(),
-                sock.clone(),
-                self.table.clone(),
-                self.counters.clone(),
-                stop.clone(),
-            );
-            let fast = self.fast;
-            spawn(
-                "udp-tx",
-                Box::new(move || {
-                    if fast {
-                        fast::tx_loop(&tun, &sock, &table, &c, &stop, mtu)
-                    } else {
-                        tx_loop(&tun, &sock, &table, &c, &stop, mtu)
-                    }
-                }),
-            )?;
-        }
-        {
-            let (tun, sock, table, c, stop, port) = (
-                tun,
-                sock,
-                self.table.clone(),
-                self.counters.clone(),
-                stop.clone(),
-                self.cfg.port,
-            );
-            let fast = self.fast;
-            spawn(
-                "udp-rx",
-                Box::new(move || {
-                    if fast {
-                        fast::rx_loop(&tun, &sock, &table, &c, &stop, port)
-                    } else {
-                        rx_loop(&tun, &sock, &table, &c, &stop, port)
-                    }
-                }),
-            )?;
+                .spawn(move || f(&ctx))
+                .map_err(|e| BackendError::Unsupported(format!("udp: cannot start {name}: {e}")))?;
         }
         self.loops = Some(Loops { stop });
         Ok(())
@@ -441,14 +469,15 @@ fn answer(
 }
 
 /// `flannel0` → peers.
-fn tx_loop(
-    tun: &Tun,
-    sock: &UdpSocket,
-    table: &ArcSwap<Table>,
-    c: &Counters,
-    stop: &AtomicBool,
-    mtu: usize,
-) {
+fn tx_loop(ctx: &LoopCtx) {
+    let (tun, sock, table, c, stop, mtu) = (
+        &*ctx.tun,
+        &*ctx.sock,
+        &*ctx.table,
+        &*ctx.c,
+        &*ctx.stop,
+        ctx.mtu,
+    );
     let mut buf = vec![0u8; MAX_PACKET];
     let mut icmp_buf = vec![0u8; icmp::V4_MAX_ERROR_LEN];
     let fd = tun.file().as_raw_fd();
@@ -490,11 +519,7 @@ fn tx_loop(
                 }
             }
             Out::Icmp(kind) => {
-                bump(match kind {
-                    V4Error::NetUnreachable => &c.no_route,
-                    V4Error::TimeExceeded => &c.ttl_expired,
-                    V4Error::FragmentationNeeded { .. } => &c.too_big,
-                });
+                bump(icmp_counter(c, kind));
                 answer(tun, false, pkt, h.dst, kind, &mut icmp_buf, c);
             }
             Out::Drop => bump(&c.no_route),
@@ -503,14 +528,15 @@ fn tx_loop(
 }
 
 /// Peers → `flannel0`.
-fn rx_loop(
-    tun: &Tun,
-    sock: &UdpSocket,
-    table: &ArcSwap<Table>,
-    c: &Counters,
-    stop: &AtomicBool,
-    port: u16,
-) {
+fn rx_loop(ctx: &LoopCtx) {
+    let (tun, sock, table, c, stop, port) = (
+        &*ctx.tun,
+        &*ctx.sock,
+        &*ctx.table,
+        &*ctx.c,
+        &*ctx.stop,
+        ctx.port,
+    );
     let mut buf = vec![0u8; MAX_PACKET];
     let fd = sock.as_raw_fd();
     while wait_readable(fd, stop) {
@@ -523,36 +549,20 @@ fn rx_loop(
             }
         };
         let Some(pkt) = buf.get(..n) else { continue };
-        let h = match packet::ip::inspect(pkt) {
-            Ok(h) if h.version == 4 => h,
-            _ => {
-                bump(&c.dropped_malformed);
-                continue;
-            }
+        let Some(len) = admit_datagram(&table.load(), from, port, pkt, c) else {
+            continue;
         };
-        match table.load().admit(from, port, &h) {
-            In::Deliver => {
-                let Some(pkt) = pkt.get(..h.total_len) else {
-                    continue;
-                };
-                match tun.file().write(pkt) {
-                    Ok(_) => {
-                        bump(&c.rx_packets);
-                        c.rx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
-                    }
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EBADFD)
-                            || e.raw_os_error() == Some(libc::EIO) =>
-                    {
-                        warn!(error = %e, "writing to {DEVICE} failed; its packet loop stops");
-                        return;
-                    }
-                    Err(_) => bump(&c.io_errors),
-                }
+        let Some(pkt) = pkt.get(..len) else { continue };
+        match tun.file().write(pkt) {
+            Ok(_) => {
+                bump(&c.rx_packets);
+                c.rx_bytes.fetch_add(pkt.len() as u64, Ordering::Relaxed);
             }
-            In::NotPeer => bump(&c.dropped_not_peer),
-            In::Spoofed => bump(&c.dropped_spoofed),
-            In::NotOurs => bump(&c.dropped_not_ours),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EBADFD) | Some(libc::EIO)) => {
+                warn!(error = %e, "writing to {DEVICE} failed; its packet loop stops");
+                return;
+            }
+            Err(_) => bump(&c.io_errors),
         }
     }
 }

@@ -12,8 +12,7 @@
 //!
 //! The buffers are allocated once per loop; nothing is allocated per packet.
 
-use super::{answer, bump, wait_readable, Counters, In, Out, Table, MAX_PACKET};
-use arc_swap::ArcSwap;
+use super::{admit_datagram, answer, bump, icmp_counter, wait_readable, LoopCtx, Out, MAX_PACKET};
 use kernel::tun::Tun;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
 use packet::icmp::{self, V4Error};
@@ -21,7 +20,7 @@ use packet::virtio::{self, VirtioNetHdr, GSO_NONE, GSO_UDP_L4, VIRTIO_NET_HDR_LE
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 /// Most segments one super-packet may be cut into (UDP GSO's limit is 64 per send as well).
 const MAX_SEGS: usize = 64;
@@ -62,14 +61,15 @@ fn segment_size(hdr: &VirtioNetHdr, pkt: &[u8], h: &packet::ip::Header) -> Optio
 }
 
 /// `flannel0` → peers, with TSO on the device and GSO on the socket.
-pub(super) fn tx_loop(
-    tun: &Tun,
-    sock: &UdpSocket,
-    table: &ArcSwap<Table>,
-    c: &Counters,
-    stop: &AtomicBool,
-    mtu: usize,
-) {
+pub(super) fn tx_loop(ctx: &LoopCtx) {
+    let (tun, sock, table, c, stop, mtu) = (
+        &*ctx.tun,
+        &*ctx.sock,
+        &*ctx.table,
+        &*ctx.c,
+        &*ctx.stop,
+        ctx.mtu,
+    );
     let mut buf = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
     let mut segs = vec![0u8; MAX_SEGS * mtu.max(1)];
     let mut lens = [0usize; MAX_SEGS];
@@ -113,11 +113,7 @@ pub(super) fn tx_loop(
         let to = match route {
             Out::Send(to) => to,
             Out::Icmp(kind) => {
-                bump(match kind {
-                    V4Error::NetUnreachable => &c.no_route,
-                    V4Error::TimeExceeded => &c.ttl_expired,
-                    V4Error::FragmentationNeeded { .. } => &c.too_big,
-                });
+                bump(icmp_counter(c, kind));
                 answer(tun, true, pkt, h.dst, kind, &mut icmp_buf, c);
                 continue;
             }
@@ -184,14 +180,15 @@ pub(super) fn tx_loop(
 }
 
 /// Peers → `flannel0`, with GRO on the socket and on the way into the device.
-pub(super) fn rx_loop(
-    tun: &Tun,
-    sock: &UdpSocket,
-    table: &ArcSwap<Table>,
-    c: &Counters,
-    stop: &AtomicBool,
-    port: u16,
-) {
+pub(super) fn rx_loop(ctx: &LoopCtx) {
+    let (tun, sock, table, c, stop, port) = (
+        &*ctx.tun,
+        &*ctx.sock,
+        &*ctx.table,
+        &*ctx.c,
+        &*ctx.stop,
+        ctx.port,
+    );
     let mut buf = vec![0u8; MAX_PACKET];
     let mut cmsg = nix::cmsg_space!(i32);
     let mut gro = packet::Gro::new(16);
@@ -247,22 +244,8 @@ pub(super) fn rx_loop(
             let step = gso.filter(|&s| s > 0).unwrap_or(bytes.max(1));
             let t = table.load();
             for pkt in data.chunks(step) {
-                let h = match packet::ip::inspect(pkt) {
-                    Ok(h) if h.version == 4 => h,
-                    _ => {
-                        bump(&c.dropped_malformed);
-                        continue;
-                    }
-                };
-                match t.admit(from, port, &h) {
-                    In::Deliver => {
-                        if let Some(p) = pkt.get(..h.total_len) {
-                            gro.push(p, &mut emit);
-                        }
-                    }
-                    In::NotPeer => bump(&c.dropped_not_peer),
-                    In::Spoofed => bump(&c.dropped_spoofed),
-                    In::NotOurs => bump(&c.dropped_not_ours),
+                if let Some(p) = admit_datagram(&t, from, port, pkt, c).and_then(|n| pkt.get(..n)) {
+                    gro.push(p, &mut emit);
                 }
             }
         }
