@@ -45,22 +45,6 @@ const MAX_PACKET: usize = 65536;
 /// Send and receive buffer of the UDP socket.
 const SOCKET_BUFFER: i32 = 8 << 20;
 
-/// How many queues `flannel0` gets: one sending thread each, up to one per CPU (at most 4).
-fn queue_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
-}
-
-/// Opens `flannel0` with `n` queues (multi-queue when more than one).
-fn open_queues(vnet_hdr: bool, n: usize) -> Result<Vec<Arc<Tun>>, BackendError> {
-    let opts = TunOptions {
-        vnet_hdr,
-        multi_queue: n > 1,
-    };
-    (0..n)
-        .map(|_| Ok(Arc::new(Tun::open(DEVICE, opts)?)))
-        .collect()
-}
-
 /// Sets a socket buffer size option (`SO_RCVBUFFORCE`, `SO_SNDBUFFORCE`).
 fn set_sock_buf(sock: &UdpSocket, opt: libc::c_int, bytes: i32) -> std::io::Result<()> {
     // SAFETY: a valid fd, an int option value that outlives the call.
@@ -337,8 +321,7 @@ impl Drop for Loops {
 pub struct Udp {
     cfg: UdpConfig,
     local: Local,
-    /// The queues of `flannel0` (one per sending thread).
-    tuns: Vec<Arc<Tun>>,
+    tun: Option<Arc<Tun>>,
     index: Option<u32>,
     socket: Option<Arc<UdpSocket>>,
     table: Arc<ArcSwap<Table>>,
@@ -361,7 +344,7 @@ impl Udp {
         Ok(Self {
             cfg: UdpConfig::parse(options)?,
             local: local.clone(),
-            tuns: Vec::new(),
+            tun: None,
             index: None,
             socket: None,
             table: Arc::new(ArcSwap::from_pointee(Table::default())),
@@ -393,41 +376,29 @@ impl Udp {
     }
 
     fn start_loops(&mut self) -> Result<(), BackendError> {
-        let Some(sock) = self.socket.clone() else {
+        let (Some(tun), Some(sock)) = (self.tun.clone(), self.socket.clone()) else {
             return Ok(());
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let ctx = |tun: &Arc<Tun>| {
-            Arc::new(LoopCtx {
-                tun: tun.clone(),
-                sock: sock.clone(),
-                table: self.table.clone(),
-                c: self.counters.clone(),
-                stop: stop.clone(),
-                mtu: self.mtu() as usize,
-                port: self.cfg.port,
-            })
-        };
+        let ctx = Arc::new(LoopCtx {
+            tun,
+            sock,
+            table: self.table.clone(),
+            c: self.counters.clone(),
+            stop: stop.clone(),
+            mtu: self.mtu() as usize,
+            port: self.cfg.port,
+        });
         type LoopFn = fn(&LoopCtx);
         let (tx, rx): (LoopFn, LoopFn) = if self.fast {
             (fast::tx_loop, fast::rx_loop)
         } else {
             (tx_loop, rx_loop)
         };
-        // A sender per queue (the kernel spreads flows over the queues); one receiver: the datagrams of one peer
-        // share one 4-tuple, so a second socket would get none of them.
-        let mut threads: Vec<(String, LoopFn, Arc<LoopCtx>)> = self
-            .tuns
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("udp-tx{i}"), tx, ctx(t)))
-            .collect();
-        if let Some(t) = self.tuns.first() {
-            threads.push(("udp-rx".into(), rx, ctx(t)));
-        }
-        for (name, f, ctx) in threads {
+        for (name, f) in [("udp-tx", tx), ("udp-rx", rx)] {
+            let ctx = ctx.clone();
             std::thread::Builder::new()
-                .name(name.clone())
+                .name(name.into())
                 .spawn(move || f(&ctx))
                 .map_err(|e| BackendError::Unsupported(format!("udp: cannot start {name}: {e}")))?;
         }
@@ -606,9 +577,13 @@ impl Backend for Udp {
     /// as upstream's udp lease.
     async fn setup(&mut self, nl: &Netlink) -> Result<Published, BackendError> {
         self.loops = None;
-        self.tuns.clear();
-        let queues = queue_count();
-        let mut tuns = open_queues(self.cfg.offload, queues)?;
+        let mut tun = Tun::open(
+            DEVICE,
+            TunOptions {
+                vnet_hdr: self.cfg.offload,
+                multi_queue: false,
+            },
+        )?;
         let link = nl.link_by_name(DEVICE).await?.ok_or_else(|| {
             BackendError::Unsupported(format!("udp: {DEVICE} vanished after creation"))
         })?;
@@ -636,25 +611,21 @@ impl Backend for Udp {
         }
         self.fast = false;
         if self.cfg.offload {
-            let enabled = match (self.socket.as_deref(), tuns.first()) {
-                (Some(s), Some(t)) => fast::enable(t, s),
-                _ => Err("no socket".into()),
-            };
-            match enabled {
-                Ok(()) => self.fast = true,
-                Err(why) => {
+            match self.socket.as_deref().map(|s| fast::enable(&tun, s)) {
+                Some(Ok(())) => self.fast = true,
+                Some(Err(why)) => {
                     warn!("udp: kernel offloads unavailable ({why}); using one packet per syscall");
                     // The device was opened for virtio headers; reopen it plain (same name, same link).
-                    tuns.clear();
-                    tuns = open_queues(false, queues)?;
+                    drop(tun);
+                    tun = Tun::open(DEVICE, TunOptions::default())?;
                 }
+                None => {}
             }
         }
         self.counters.offload.store(self.fast, Ordering::Relaxed);
         info!(
-            "udp: TUN {DEVICE} (MTU {}, {} queue(s)), UDP port {} on {}, {}",
+            "udp: TUN {DEVICE} (MTU {}), UDP port {} on {}, {}",
             self.mtu(),
-            tuns.len(),
             self.cfg.port,
             self.local.ext_name,
             if self.fast {
@@ -663,7 +634,7 @@ impl Backend for Udp {
                 "one packet per syscall"
             }
         );
-        self.tuns = tuns;
+        self.tun = Some(Arc::new(tun));
         self.index = Some(link.index);
         Ok(Published {
             backend_type: String::new(),
