@@ -481,8 +481,45 @@ fn bad_input() {
     out.assert_err(2);
 }
 
+/// GC (spec 1.1) removes the chains of the attachments not in `cni.dev/valid-attachments`, keeps the others.
+fn gc_removes_stale_attachments() {
+    require_root();
+    let sb = Sandbox::new();
+    let pods = sb.pods(2);
+    let atts: Vec<Att> = pods.iter().enumerate().map(|(i, p)| sb.att(i, p)).collect();
+    let mut conf = pm_conf(json!({}));
+    conf["cniVersion"] = json!("1.1.0");
+    for a in &atts {
+        assert!(exec_pm(&ours_pm(), &sb, "ADD", a, &conf).ok());
+    }
+    let chain = |a: &Att| cni::plugins::portmap::dnat_chain_name("rtest", &a.container_id);
+    let mut gc = json!({"cniVersion": "1.1.0", "name": "rtest", "type": "portmap",
+        "cni.dev/valid-attachments": [{"containerID": atts[0].container_id, "ifname": "eth0"}]});
+    let rt = sb.runtime(&Impl::ours());
+    let out = exec_plugin(
+        &ours_pm(),
+        Some(&sb.node.path()),
+        &rt.env_for("GC", None),
+        gc.to_string().as_bytes(),
+    );
+    assert!(out.ok(), "GC: {out:?}");
+    let t = nat(&sb.node.name);
+    assert!(t.contains(&chain(&atts[0])), "valid kept: {t}");
+    assert!(!t.contains(&chain(&atts[1])), "stale removed: {t}");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = exec_plugin(
+        &ours_pm(),
+        Some(&sb.node.path()),
+        &rt.env_for("GC", None),
+        gc.to_string().as_bytes(),
+    );
+    assert!(out.ok(), "GC: {out:?}");
+    assert!(!nat(&sb.node.name).contains("CNI-DN-"));
+}
+
 testkit::main!(
     same_rules_as_reference,
+    gc_removes_stale_attachments,
     del_check_and_partial_add,
     bad_input,
     host_ports_reached_everywhere,
