@@ -8,6 +8,7 @@ pub mod bridge;
 pub mod flannel;
 pub mod host_local;
 pub mod loopback;
+pub mod portmap;
 pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
@@ -21,6 +22,7 @@ pub static TABLE: &[Plugin] = &[
     loopback::PLUGIN,
     tuning::PLUGIN,
     bandwidth::PLUGIN,
+    portmap::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -116,7 +118,8 @@ mod tests {
                 "host-local",
                 "loopback",
                 "tuning",
-                "bandwidth"
+                "bandwidth",
+                "portmap"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));

@@ -666,6 +666,38 @@ impl Runtime {
             .map(|r| r.unwrap_or(Value::Null))
     }
 
+    /// ADD with capability arguments (`runtimeConfig` for the plugins that declare the capability).
+    pub fn add_rc(&self, net: &Net, att: &Att, rc: &Map<String, Value>) -> Result<Value, Out> {
+        net.list()
+            .add(&net.version, rc, self.invoker(Some(att)))
+            .map(|r| r.unwrap_or(Value::Null))
+    }
+
+    /// DEL with capability arguments.
+    pub fn del_rc(
+        &self,
+        net: &Net,
+        att: &Att,
+        rc: &Map<String, Value>,
+        prev: Option<&Value>,
+    ) -> Result<(), Out> {
+        net.list()
+            .del(&net.version, rc, prev, self.invoker(Some(att)))
+    }
+
+    /// CHECK with capability arguments.
+    pub fn check_rc(
+        &self,
+        net: &Net,
+        att: &Att,
+        rc: &Map<String, Value>,
+        prev: &Value,
+    ) -> Result<(), Out> {
+        net.list()
+            .check(&net.version, rc, prev, self.invoker(Some(att)))
+            .map_err(plugin_failure)
+    }
+
     /// DEL: plugins in reverse order, each getting the final ADD result (from 0.4.0 on).
     pub fn del(&self, net: &Net, att: &Att, prev: Option<&Value>) -> Result<(), Out> {
         net.list()

@@ -1,0 +1,5 @@
+//! The `portmap` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("portmap")
+}

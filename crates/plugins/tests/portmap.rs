@@ -1,0 +1,526 @@
+//! The `portmap` plugin, black-box: upstream's flannel conflist (our flannel → bridge → host-local, then portmap
+//! with `capabilities.portMappings`) with two pods; a hostPort reached from another namespace through the node's
+//! address, from the node itself (127.0.0.1 and its address) and by the pod itself (hairpin); `iptables-save`
+//! text identical to the reference `portmap` in /usr/lib/cni for the same configuration, each DELing what the
+//! other ADDed; DEL idempotent (pod gone, twice, after a failed ADD); CHECK; bad input.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Map, Value};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn ours_pm() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portmap"))
+}
+
+fn reference_pm() -> PathBuf {
+    let p = Path::new(REFERENCE_DIR).join("portmap");
+    assert!(
+        p.exists(),
+        "the reference portmap is missing in {REFERENCE_DIR}"
+    );
+    p
+}
+
+/// Runs `f` on a thread inside network namespace `ns`.
+fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let fd = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        f()
+    })
+    .join()
+    .expect("thread in netns")
+}
+
+/// A TCP server in a pod namespace answering every connection with its name; stopped on drop.
+struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn start(ns: &str, port: u16, answer: &str) -> Self {
+        let path = format!("/run/netns/{ns}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (s, answer) = (stop.clone(), answer.to_string());
+        let thread = std::thread::spawn(move || {
+            let fd = File::open(&path).expect("open netns");
+            nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            l.set_nonblocking(true).expect("nonblocking");
+            let _ = tx.send(());
+            while !s.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.write_all(answer.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What a TCP connection from `ns` to `addr` reads (`None`: no connection or nothing read).
+fn fetch(ns: &str, addr: &str) -> Option<String> {
+    let addr: SocketAddr = addr.parse().expect("address");
+    in_ns(ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        (!out.is_empty()).then_some(out)
+    })
+}
+
+/// `iptables-save -t nat` and `ip6tables-save -t nat` of `ns`, without comments and counters.
+fn nat(ns: &str) -> String {
+    let mut out = String::new();
+    for tool in ["iptables-save", "ip6tables-save"] {
+        let o = Command::new("ip")
+            .args(["netns", "exec", ns, tool, "-t", "nat"])
+            .output()
+            .expect("run iptables-save");
+        assert!(o.status.success(), "{tool}: {o:?}");
+        for l in String::from_utf8_lossy(&o.stdout).lines() {
+            if l.starts_with('#') {
+                continue;
+            }
+            // ":CHAIN POLICY [packets:bytes]" → without the counters.
+            let l = match l.strip_prefix(':') {
+                Some(d) => format!(":{}", d.rsplit_once(' ').map_or(d, |(a, _)| a)),
+                None => l.to_string(),
+            };
+            out.push_str(&l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn rc(maps: Value) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("portMappings".into(), maps);
+    m
+}
+
+fn exec_pm(bin: &Path, sb: &Sandbox, cmd: &str, att: &Att, conf: &Value) -> Out {
+    let rt = sb.runtime(&Impl::ours());
+    exec_plugin(
+        bin,
+        Some(&sb.node.path()),
+        &rt.env_for(cmd, Some(att)),
+        conf.to_string().as_bytes(),
+    )
+}
+
+/// A second namespace on the node's "LAN": veth `<id>l` (node, 192.168.77.1/24) to `<id>r` (client, .2).
+fn lan(sb: &Sandbox) -> Netns {
+    let client = Netns::new(&format!("{}c", sb.id));
+    let (l, r) = (format!("{}l", sb.id), format!("{}r", sb.id));
+    ip(
+        &sb.node.name,
+        &[
+            "link",
+            "add",
+            &l,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &r,
+            "netns",
+            &client.name,
+        ],
+    );
+    ip(
+        &sb.node.name,
+        &["addr", "add", "192.168.77.1/24", "dev", &l],
+    );
+    ip(&sb.node.name, &["link", "set", &l, "up"]);
+    ip(&sb.node.name, &["link", "set", "lo", "up"]);
+    ip(&client.name, &["addr", "add", "192.168.77.2/24", "dev", &r]);
+    ip(&client.name, &["link", "set", &r, "up"]);
+    client
+}
+
+/// Upstream's conflist (kube-flannel.yml `cni-conf.json`): flannel, then portmap with the capability.
+fn flannel_portmap(sb: &Sandbox) -> Net {
+    write_default_subnet_env(sb);
+    Net::new(
+        "cbr0",
+        "0.3.1",
+        vec![
+            flannel_conf(sb),
+            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
+        ],
+    )
+}
+
+/// Two pods with a hostPort each (8080 → pod 0 port 80, 8081 → pod 1 port 80): reached from another namespace
+/// via the node's address, from the node (127.0.0.1 and its address), from the other pod, and by each pod
+/// itself (hairpin); route_localnet on cni0; DEL leaves the nat table as the reference's DEL does.
+fn host_ports_reached_everywhere() {
+    require_root();
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_portmap(&sb);
+    let client = lan(&sb);
+    let before = nat(&sb.node.name);
+    let pods = sb.pods(2);
+    let mut atts = Vec::new();
+    let mut servers = Vec::new();
+    for (i, pod) in pods.iter().enumerate() {
+        let att = sb.att(i, pod);
+        let maps = rc(json!([{"hostPort": 8080 + i, "containerPort": 80, "protocol": "tcp"}]));
+        let r = rt
+            .add_rc(&net, &att, &maps)
+            .unwrap_or_else(|o| panic!("ADD {i}: {o:?}"));
+        servers.push(Server::start(&pod.name, 80, &format!("pod{i}")));
+        atts.push((att, maps, r));
+    }
+    let localnet = in_ns(&sb.node.name, || {
+        std::fs::read_to_string("/proc/sys/net/ipv4/conf/cni0/route_localnet").unwrap_or_default()
+    });
+    assert_eq!(localnet.trim(), "1", "route_localnet on cni0");
+    for i in 0..2 {
+        let want = Some(format!("pod{i}"));
+        let port = 8080 + i;
+        for (who, ns, addr) in [
+            (
+                "client via the node's address",
+                &client.name,
+                format!("192.168.77.1:{port}"),
+            ),
+            (
+                "node via 127.0.0.1",
+                &sb.node.name,
+                format!("127.0.0.1:{port}"),
+            ),
+            (
+                "node via its address",
+                &sb.node.name,
+                format!("192.168.77.1:{port}"),
+            ),
+            (
+                "the other pod",
+                &pods[1 - i].name,
+                format!("192.168.77.1:{port}"),
+            ),
+            (
+                "the pod itself (hairpin)",
+                &pods[i].name,
+                format!("192.168.77.1:{port}"),
+            ),
+        ] {
+            assert_eq!(fetch(ns, &addr), want, "{who} → {addr}");
+        }
+    }
+    drop(servers);
+    for (att, maps, r) in &atts {
+        rt.del_rc(&net, att, maps, Some(r))
+            .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    }
+    let after = nat(&sb.node.name);
+    assert!(
+        !after.contains("CNI-DN-") && !after.contains("dnat name"),
+        "{after}"
+    );
+    assert_ne!(
+        before, after,
+        "the shared chains stay, as the reference leaves them"
+    );
+    for c in [
+        "CNI-HOSTPORT-DNAT",
+        "CNI-HOSTPORT-SETMARK",
+        "CNI-HOSTPORT-MASQ",
+    ] {
+        assert!(after.contains(&format!(":{c} -")), "{c} kept: {after}");
+    }
+}
+
+/// A synthetic dual-stack prevResult (the rules depend only on it and the configuration).
+fn prev_result() -> Value {
+    json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "cni0"}, {"name": "eth0", "sandbox": "/var/run/netns/x"}],
+        "ips": [{"address": "10.250.0.2/24", "interface": 1}, {"address": "fd00:250::2/64", "interface": 1}]})
+}
+
+fn pm_conf(extra: Value) -> Value {
+    let mut c = json!({"cniVersion": "1.0.0", "name": "rtest", "type": "portmap",
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 8443, "containerPort": 443, "protocol": "tcp", "hostIP": "10.250.0.1"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+            {"hostPort": 5354, "containerPort": 53, "protocol": "sctp", "hostIP": "fd00:250::1"}]},
+        "prevResult": prev_result()});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+/// Same `iptables-save`/`ip6tables-save` text as the reference for several configurations; our DEL removes the
+/// reference's rules and the reference's DEL ours (the node is left as the reference's own DEL leaves it); our
+/// CHECK accepts the reference's rules.
+fn same_rules_as_reference() {
+    require_root();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let att = sb.att(0, &pod);
+    for extra in [
+        json!({}),
+        json!({"snat": false}),
+        json!({"markMasqBit": 5}),
+        json!({"conditionsV4": ["-s", "192.0.2.0/24"], "conditionsV6": ["!", "-s", "fd01::/64"]}),
+    ] {
+        let conf = pm_conf(extra.clone());
+        let base = nat(&sb.node.name);
+        let mut seen = Vec::new();
+        for (add, del) in [(reference_pm(), ours_pm()), (ours_pm(), reference_pm())] {
+            let out = exec_pm(&add, &sb, "ADD", &att, &conf);
+            assert!(out.ok(), "{} ADD {extra}: {out:?}", add.display());
+            seen.push(nat(&sb.node.name));
+            let out = exec_pm(&ours_pm(), &sb, "CHECK", &att, &conf);
+            assert!(
+                out.ok(),
+                "our CHECK after {} ADD {extra}: {out:?}",
+                add.display()
+            );
+            let out = exec_pm(&del, &sb, "DEL", &att, &conf);
+            assert!(out.ok(), "{} DEL {extra}: {out:?}", del.display());
+            seen.push(nat(&sb.node.name));
+        }
+        assert_eq!(seen[0], seen[2], "ADD: reference vs ours, {extra}");
+        assert_eq!(
+            seen[1], seen[3],
+            "after DEL: ours of theirs vs theirs of ours, {extra}"
+        );
+        assert!(!seen[1].contains("CNI-DN-"), "{extra}: {}", seen[1]);
+        assert!(
+            seen[0].contains(&format!(
+                ":{} -",
+                cni::plugins::portmap::dnat_chain_name("rtest", &att.container_id)
+            )),
+            "{}",
+            seen[0]
+        );
+        let _ = base;
+    }
+    // masqAll came after Debian's 1.1.1 (which ignores it): ours only, ADD, CHECK, DEL.
+    let conf = pm_conf(json!({"masqAll": true}));
+    for cmd in ["ADD", "CHECK", "DEL"] {
+        let out = exec_pm(&ours_pm(), &sb, cmd, &att, &conf);
+        assert!(out.ok(), "masqAll {cmd}: {out:?}");
+        if cmd == "ADD" {
+            let t = nat(&sb.node.name);
+            assert!(!t.contains("127.0.0.1"), "masqAll: no localhost rule: {t}");
+        }
+    }
+    assert!(!nat(&sb.node.name).contains("CNI-DN-"));
+}
+
+/// CHECK notices a missing rule; DEL succeeds with the pod gone, twice, without CNI_NETNS; a failed ADD (an
+/// external mark chain that does not exist) leaves nothing and its DEL succeeds; no mappings: the result passes.
+fn del_check_and_partial_add() {
+    require_root();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let att = sb.att(0, &pod);
+    let base = nat(&sb.node.name);
+    let conf = pm_conf(json!({}));
+    let out = exec_pm(&ours_pm(), &sb, "ADD", &att, &conf);
+    assert!(out.ok(), "ADD: {out:?}");
+    assert_eq!(out.json()["ips"], prev_result()["ips"]);
+    assert!(exec_pm(&ours_pm(), &sb, "CHECK", &att, &conf).ok());
+    let chain = cni::plugins::portmap::dnat_chain_name("rtest", &att.container_id);
+    let st = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &sb.node.name,
+            "iptables",
+            "-t",
+            "nat",
+            "-D",
+            &chain,
+            "1",
+        ])
+        .status()
+        .expect("iptables -D");
+    assert!(st.success());
+    exec_pm(&ours_pm(), &sb, "CHECK", &att, &conf).assert_err(100);
+    pod.delete();
+    for _ in 0..2 {
+        let out = exec_pm(&ours_pm(), &sb, "DEL", &att, &conf);
+        assert!(out.ok(), "DEL: {out:?}");
+    }
+    let mut no_ns = att.clone();
+    no_ns.netns.clear();
+    assert!(exec_pm(&ours_pm(), &sb, "DEL", &no_ns, &conf).ok());
+    let after = nat(&sb.node.name);
+    assert!(!after.contains("CNI-DN-"), "{after}");
+
+    // A failed ADD leaves no per-container chain, in either family.
+    let bad = pm_conf(json!({"externalSetMarkChain": "FRT-NO-SUCH"}));
+    assert!(!exec_pm(&ours_pm(), &sb, "ADD", &att, &bad).ok());
+    let now = nat(&sb.node.name);
+    assert!(
+        !now.contains("CNI-DN-") && !now.contains("FRT-NO-SUCH"),
+        "{now}"
+    );
+    assert!(exec_pm(&ours_pm(), &sb, "DEL", &att, &bad).ok());
+
+    // No mappings: the previous result, nothing touched.
+    let mut none = pm_conf(json!({}));
+    none["runtimeConfig"] = json!({});
+    let out = exec_pm(&ours_pm(), &sb, "ADD", &att, &none);
+    assert!(out.ok(), "{out:?}");
+    assert_eq!(out.json()["ips"], prev_result()["ips"]);
+    assert_eq!(nat(&sb.node.name), after);
+    let _ = base;
+}
+
+/// Bad input: code 7 from us (the reference refuses too, with 999, sometimes after making rules, which our DEL
+/// then removes); nothing made.
+fn bad_input() {
+    require_root();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let att = sb.att(0, &pod);
+    let with_map = |m: Value| {
+        let mut c = pm_conf(json!({}));
+        c["runtimeConfig"] = json!({"portMappings": [m]});
+        c
+    };
+    let mut no_prev = pm_conf(json!({}));
+    no_prev.as_object_mut().map(|o| o.remove("prevResult"));
+    let cases = [
+        (
+            "host port 0",
+            with_map(json!({"hostPort": 0, "containerPort": 80, "protocol": "tcp"})),
+        ),
+        (
+            "container port 0",
+            with_map(json!({"hostPort": 80, "containerPort": 0, "protocol": "tcp"})),
+        ),
+        (
+            "host port 70000",
+            with_map(json!({"hostPort": 70000, "containerPort": 80, "protocol": "tcp"})),
+        ),
+        (
+            "negative port",
+            with_map(json!({"hostPort": -5, "containerPort": 80, "protocol": "tcp"})),
+        ),
+        (
+            "string port",
+            with_map(json!({"hostPort": "80", "containerPort": 80, "protocol": "tcp"})),
+        ),
+        (
+            "unknown protocol",
+            with_map(json!({"hostPort": 80, "containerPort": 80, "protocol": "icmp"})),
+        ),
+        (
+            "no protocol",
+            with_map(json!({"hostPort": 80, "containerPort": 80})),
+        ),
+        ("mark bit 32", pm_conf(json!({"markMasqBit": 32}))),
+        (
+            "mark bit and external chain",
+            pm_conf(json!({"markMasqBit": 1, "externalSetMarkChain": "X"})),
+        ),
+        ("no prevResult", no_prev),
+    ];
+    for (what, conf) in &cases {
+        let clean = nat(&sb.node.name);
+        let out = exec_pm(&ours_pm(), &sb, "ADD", &att, conf);
+        out.assert_err(7);
+        assert!(!out.stderr.contains("panicked"), "{what}: {out:?}");
+        assert_eq!(nat(&sb.node.name), clean, "{what}: rules made");
+        let out = exec_pm(&reference_pm(), &sb, "ADD", &att, conf);
+        assert_eq!(out.assert_some_err(), 999, "{what}: the reference");
+        // Whatever the reference left, our DEL (of a valid config for the same attachment) removes.
+        assert!(exec_pm(&ours_pm(), &sb, "DEL", &att, &pm_conf(json!({}))).ok());
+        assert!(
+            !nat(&sb.node.name).contains("CNI-DN-"),
+            "{what}: left after DEL"
+        );
+    }
+    let out = exec_pm(
+        &ours_pm(),
+        &sb,
+        "ADD",
+        &att,
+        &pm_conf(json!({"backend": "nftables"})),
+    );
+    out.assert_err(2);
+}
+
+/// GC (spec 1.1) removes the chains of the attachments not in `cni.dev/valid-attachments`, keeps the others.
+fn gc_removes_stale_attachments() {
+    require_root();
+    let sb = Sandbox::new();
+    let pods = sb.pods(2);
+    let atts: Vec<Att> = pods.iter().enumerate().map(|(i, p)| sb.att(i, p)).collect();
+    let mut conf = pm_conf(json!({}));
+    conf["cniVersion"] = json!("1.1.0");
+    for a in &atts {
+        assert!(exec_pm(&ours_pm(), &sb, "ADD", a, &conf).ok());
+    }
+    let chain = |a: &Att| cni::plugins::portmap::dnat_chain_name("rtest", &a.container_id);
+    let mut gc = json!({"cniVersion": "1.1.0", "name": "rtest", "type": "portmap",
+        "cni.dev/valid-attachments": [{"containerID": atts[0].container_id, "ifname": "eth0"}]});
+    let rt = sb.runtime(&Impl::ours());
+    let out = exec_plugin(
+        &ours_pm(),
+        Some(&sb.node.path()),
+        &rt.env_for("GC", None),
+        gc.to_string().as_bytes(),
+    );
+    assert!(out.ok(), "GC: {out:?}");
+    let t = nat(&sb.node.name);
+    assert!(t.contains(&chain(&atts[0])), "valid kept: {t}");
+    assert!(!t.contains(&chain(&atts[1])), "stale removed: {t}");
+    gc["cni.dev/valid-attachments"] = json!([]);
+    let out = exec_plugin(
+        &ours_pm(),
+        Some(&sb.node.path()),
+        &rt.env_for("GC", None),
+        gc.to_string().as_bytes(),
+    );
+    assert!(out.ok(), "GC: {out:?}");
+    assert!(!nat(&sb.node.name).contains("CNI-DN-"));
+}
+
+testkit::main!(
+    same_rules_as_reference,
+    gc_removes_stale_attachments,
+    del_check_and_partial_add,
+    bad_input,
+    host_ports_reached_everywhere,
+);
