@@ -15,8 +15,9 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// What our image ships: the plugins upstream's conflist delegates to (`flannel` → `bridge` → `host-local`),
-/// `loopback`, which every runtime calls for the pod's `lo`, and the chained `tuning` and `bandwidth` that
-/// clusters add after flannel (sysctls; the ingress/egress-bandwidth pod annotations).
+/// `loopback`, which every runtime calls for the pod's `lo`, `portmap`, which upstream's conflist chains after
+/// flannel (hostPort), and the chained `tuning` and `bandwidth` that clusters add (sysctls; the
+/// ingress/egress-bandwidth pod annotations).
 pub const DEFAULT_PLUGINS: &[&str] = &[
     "flannel",
     "bridge",
@@ -24,6 +25,7 @@ pub const DEFAULT_PLUGINS: &[&str] = &[
     "loopback",
     "tuning",
     "bandwidth",
+    "portmap",
 ];
 
 /// Marks our temporary files, so a run killed half-way leaves nothing the next run does not remove.
@@ -61,7 +63,7 @@ pub struct Options {
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "flannel,bridge,host-local,loopback,tuning,bandwidth"
+        default_value = "flannel,bridge,host-local,loopback,tuning,bandwidth,portmap"
     )]
     pub plugins: Vec<String>,
 }
@@ -100,8 +102,8 @@ pub struct Installed {
 #[derive(Debug, Clone, Default)]
 pub struct Report {
     pub files: Vec<Installed>,
-    /// Plugin types the conflist names that are not executable in the binary directory after the run
-    /// (upstream's conflist names `portmap`, which the node must get from elsewhere, as with upstream).
+    /// Plugin types the conflist names that are not executable in the binary directory after the run (a plugin
+    /// we do not ship, which the node must get from elsewhere).
     pub missing: Vec<String>,
 }
 
@@ -328,7 +330,7 @@ mod tests {
         fs::create_dir_all(d.join("src")).unwrap();
         Tmp(d)
     }
-    const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
+    const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}},{"type":"sbr"}]}"#;
 
     fn opts(t: &Tmp) -> Options {
         for p in DEFAULT_PLUGINS {
@@ -364,11 +366,12 @@ mod tests {
                 "loopback",
                 "tuning",
                 "bandwidth",
+                "portmap",
                 "10-flannel.conflist"
             ]
         );
         assert!(r.files.iter().all(|f| f.changed));
-        assert_eq!(r.missing, ["portmap"]);
+        assert_eq!(r.missing, ["sbr"]);
         let mode = fs::metadata(o.cni_bin_dir.join("flannel"))
             .unwrap()
             .permissions()

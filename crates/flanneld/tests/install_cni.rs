@@ -16,6 +16,7 @@ const PLUGINS: &[&str] = &[
     "loopback",
     "tuning",
     "bandwidth",
+    "portmap",
 ];
 const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 
@@ -240,14 +241,17 @@ fn bad_conflist_fails_and_names_the_file_and_missing_plugins_are_warned() {
         "nothing installed from a bad conflist"
     );
 
-    fs::write(t.0.join("cni-conf.json"), LIST).expect("conflist");
+    // A conflist chaining a plugin we do not ship (the reference's `sbr`): installed, with a warning naming it.
+    let with_sbr = LIST.replace("]}", r#",{"type":"sbr"}]}"#);
+    fs::write(t.0.join("cni-conf.json"), with_sbr).expect("conflist");
     let out = install(&rel[0], &t);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("\"portmap\"") && err.contains("not in"),
-        "portmap is named in the warning: {err}"
+        err.contains("\"sbr\"") && err.contains("not in"),
+        "sbr is named in the warning: {err}"
     );
+    assert!(!err.contains("\"portmap\""), "portmap is ours now: {err}");
     assert!(err.contains("installed:"), "{err}");
 
     let out = Command::new(flanneld())
