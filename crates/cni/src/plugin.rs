@@ -12,6 +12,23 @@ use crate::skel::{self, CmdArgs, Command, Outcome};
 use crate::types::NetConf;
 use std::path::{Path, PathBuf};
 
+/// The table row of a chained plugin that delegates nothing: `async fn add/del/check(&CmdArgs, &NetConf)` in the
+/// module that invokes it, spec versions 0.3.0–1.1.0, no GC or STATUS (as the reference's tuning and bandwidth).
+macro_rules! chained_row {
+    ($name:literal) => {
+        $crate::plugin::Plugin {
+            name: $name,
+            versions: $crate::version::CHAINED,
+            add: |_, args, conf| Box::pin(async move { add(args, conf).await.map(Some) }),
+            del: |_, args, conf| Box::pin(async move { del(args, conf).await.map(|()| None) }),
+            check: |_, args, conf| Box::pin(async move { check(args, conf).await.map(|()| None) }),
+            gc: None,
+            status: None,
+        }
+    };
+}
+pub(crate) use chained_row;
+
 /// One verb of a plugin: the context, the arguments, and the configuration already parsed and checked.
 pub type Verb = for<'a> fn(&'a Ctx<'a>, &'a CmdArgs, &'a NetConf) -> LocalBoxFuture<'a, Outcome>;
 

@@ -14,19 +14,16 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// What our image ships: the plugins upstream's conflist delegates to (`flannel` → `bridge` → `host-local`),
-/// `loopback`, which every runtime calls for the pod's `lo`, `portmap`, which upstream's conflist chains after
-/// flannel (hostPort), and the chained `tuning` and `bandwidth` that clusters add (sysctls; the
-/// ingress/egress-bandwidth pod annotations).
-pub const DEFAULT_PLUGINS: &[&str] = &[
-    "flannel",
-    "bridge",
-    "host-local",
-    "loopback",
-    "tuning",
-    "bandwidth",
-    "portmap",
-];
+/// What our image ships: every plugin of this build (`cni::plugins::TABLE`): those upstream's conflist names
+/// (`flannel` → `bridge` → `host-local`, then `portmap` for hostPort), `loopback`, which every runtime calls for
+/// the pod's `lo`, and the chained `tuning` and `bandwidth` that clusters add (sysctls; the
+/// ingress/egress-bandwidth pod annotations). A plugin added to the table is installed without a change here.
+pub fn default_plugins() -> Vec<String> {
+    cni::plugins::TABLE
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect()
+}
 
 /// Marks our temporary files, so a run killed half-way leaves nothing the next run does not remove.
 const TMP_MARK: &str = ".flannel-install-";
@@ -58,12 +55,12 @@ pub struct Options {
     /// The file name the conflist is installed as
     #[arg(long, value_name = "NAME", default_value = "10-flannel.conflist")]
     pub cni_conf_name: String,
-    /// The plugins to install, comma-separated
+    /// The plugins to install, comma-separated (by default every plugin of this build)
     #[arg(
         long,
         value_name = "LIST",
         value_delimiter = ',',
-        default_value = "flannel,bridge,host-local,loopback,tuning,bandwidth,portmap"
+        default_values_t = default_plugins()
     )]
     pub plugins: Vec<String>,
 }
@@ -333,8 +330,8 @@ mod tests {
     const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}},{"type":"sbr"}]}"#;
 
     fn opts(t: &Tmp) -> Options {
-        for p in DEFAULT_PLUGINS {
-            fs::write(t.0.join("src").join(p), format!("#!/bin/sh\necho {p}\n")).unwrap();
+        for p in default_plugins() {
+            fs::write(t.0.join("src").join(&p), format!("#!/bin/sh\necho {p}\n")).unwrap();
         }
         fs::write(t.0.join("cni-conf.json"), LIST).unwrap();
         Options {
@@ -343,7 +340,7 @@ mod tests {
             cni_conf: t.0.join("cni-conf.json"),
             cni_conf_dir: t.0.join("net.d"),
             cni_conf_name: "10-flannel.conflist".into(),
-            plugins: DEFAULT_PLUGINS.iter().map(|s| s.to_string()).collect(),
+            plugins: default_plugins(),
         }
     }
 
@@ -357,19 +354,9 @@ mod tests {
             .iter()
             .map(|f| f.path.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(
-            names,
-            [
-                "flannel",
-                "bridge",
-                "host-local",
-                "loopback",
-                "tuning",
-                "bandwidth",
-                "portmap",
-                "10-flannel.conflist"
-            ]
-        );
+        let mut want = default_plugins();
+        want.push("10-flannel.conflist".into());
+        assert_eq!(names, want);
         assert!(r.files.iter().all(|f| f.changed));
         assert_eq!(r.missing, ["sbr"]);
         let mode = fs::metadata(o.cni_bin_dir.join("flannel"))

@@ -9,15 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-const PLUGINS: &[&str] = &[
-    "flannel",
-    "bridge",
-    "host-local",
-    "loopback",
-    "tuning",
-    "bandwidth",
-    "portmap",
-];
+/// What `install-cni` installs by default: every plugin of this build.
+static PLUGINS: std::sync::LazyLock<Vec<&'static str>> =
+    std::sync::LazyLock::new(|| cni::plugins::TABLE.iter().map(|p| p.name).collect());
 const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 
 fn flanneld() -> PathBuf {
@@ -45,7 +39,7 @@ fn releases(t: &Tmp) -> [PathBuf; 2] {
     let mut out = [t.0.join("rel-a"), t.0.join("rel-b")];
     for (i, dir) in out.iter_mut().enumerate() {
         fs::create_dir_all(&dir).expect("release dir");
-        for p in PLUGINS {
+        for p in PLUGINS.iter() {
             let src = built.join(p);
             let mut bytes = fs::read(&src).unwrap_or_else(|e| {
                 panic!(
@@ -155,7 +149,7 @@ fn replaces_plugins_while_they_are_executed() {
     );
 
     // The last install (release a, i = 39) is what is on disk, and nothing temporary is left.
-    for p in PLUGINS {
+    for p in PLUGINS.iter() {
         assert_eq!(
             fs::read(t.0.join("bin").join(p)).ok(),
             fs::read(rel[0].join(p)).ok(),
@@ -188,7 +182,7 @@ fn control_an_in_place_copy_is_caught() {
     let rel = releases(&t);
     let bin = t.0.join("bin");
     fs::create_dir_all(&bin).expect("bin");
-    for p in PLUGINS {
+    for p in PLUGINS.iter() {
         fs::copy(rel[0].join(p), bin.join(p)).expect("copy");
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -196,7 +190,7 @@ fn control_an_in_place_copy_is_caught() {
     let mut copy_errors = 0;
     // Bounded: 400 copies at most; stops at the first failure seen.
     for i in 0..400 {
-        for p in PLUGINS {
+        for p in PLUGINS.iter() {
             let bytes = fs::read(rel[i % 2].join(p)).expect("release");
             let r = fs::OpenOptions::new()
                 .write(true)

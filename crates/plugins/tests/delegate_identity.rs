@@ -96,12 +96,11 @@ fn foreign_bridge_beside_our_flannel_is_execd() {
     );
 }
 
-/// Our `bridge` and `host-local` copied into another directory (without the execute bit): run in-process, so
-/// STATUS succeeds. The directory rule exec'd them, which fails.
-fn our_build_elsewhere_runs_in_process() {
-    let tmp = TempDir::new(&unique_prefix());
+/// Copies of our `bridge` and `host-local`, not executable, in `<tmp>/other`: they can only run in-process.
+/// Returns the directory and the bridge copy.
+fn copies_elsewhere(tmp: &TempDir) -> (PathBuf, PathBuf) {
     let other = tmp.path.join("other");
-    install(
+    let bridge = install(
         Path::new(env!("CARGO_BIN_EXE_bridge")),
         &other,
         "bridge",
@@ -113,6 +112,14 @@ fn our_build_elsewhere_runs_in_process() {
         "host-local",
         0o644,
     );
+    (other, bridge)
+}
+
+/// Our `bridge` and `host-local` copied into another directory (without the execute bit): run in-process, so
+/// STATUS succeeds. The directory rule exec'd them, which fails.
+fn our_build_elsewhere_runs_in_process() {
+    let tmp = TempDir::new(&unique_prefix());
+    let (other, _) = copies_elsewhere(&tmp);
     let flannel_bin = Path::new(env!("CARGO_BIN_EXE_flannel"));
     let path = other.display().to_string();
     let conf = flannel(&tmp.path, "1.1.0");
@@ -137,19 +144,7 @@ fn our_build_elsewhere_runs_in_process() {
 /// of ours would have): exec'd, never run in-process, even though it is otherwise our code.
 fn other_build_of_ours_is_execd() {
     let tmp = TempDir::new(&unique_prefix());
-    let other = tmp.path.join("other");
-    let bridge = install(
-        Path::new(env!("CARGO_BIN_EXE_bridge")),
-        &other,
-        "bridge",
-        0o644,
-    );
-    install(
-        Path::new(env!("CARGO_BIN_EXE_host-local")),
-        &other,
-        "host-local",
-        0o644,
-    );
+    let (other, bridge) = copies_elsewhere(&tmp);
     let mut bytes = std::fs::read(&bridge).unwrap();
     let marker = cni::identity::marker();
     let at = bytes

@@ -22,15 +22,7 @@ use sha2::{Digest, Sha512};
 const LATENCY_USEC: f64 = 25_000.0;
 
 /// The bandwidth plugin's row of the plugin table (no GC or STATUS, as the reference).
-pub const PLUGIN: Plugin = Plugin {
-    name: "bandwidth",
-    versions: crate::version::CHAINED,
-    add: |_, args, conf| Box::pin(async move { add(args, conf).await.map(Some) }),
-    del: |_, args, conf| Box::pin(async move { del(args, conf).await.map(|()| None) }),
-    check: |_, args, conf| Box::pin(async move { check(args, conf).await.map(|()| None) }),
-    gc: None,
-    status: None,
-};
+pub const PLUGIN: Plugin = crate::plugin::chained_row!("bandwidth");
 
 /// One bandwidth entry (CONVENTIONS.md `bandwidth` capability): rates in bits/s, bursts in bits, 0 = no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

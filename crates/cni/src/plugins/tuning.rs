@@ -33,15 +33,7 @@ pub const ALLOWLIST_ENV: &str = "FLANNEL_RS_TUNING_ALLOWLIST";
 const MAX_FILE: u64 = 1 << 20;
 
 /// The tuning plugin's row of the plugin table (no GC or STATUS, as the reference).
-pub const PLUGIN: Plugin = Plugin {
-    name: "tuning",
-    versions: crate::version::CHAINED,
-    add: |_, args, conf| Box::pin(async move { add(args, conf).await.map(Some) }),
-    del: |_, args, conf| Box::pin(async move { del(args, conf).await.map(|()| None) }),
-    check: |_, args, conf| Box::pin(async move { check(args, conf).await.map(|()| None) }),
-    gc: None,
-    status: None,
-};
+pub const PLUGIN: Plugin = crate::plugin::chained_row!("tuning");
 
 /// A `sysctl` object: key/value pairs in their order; a key given twice is an error, as in the reference.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -496,10 +496,8 @@ fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>>
             } else {
                 "ours: flanneld host-gw + CNI"
             },
-            client: pods[0].0.clone(),
-            server: pods[1].0.clone(),
-            server_ip: pods[1].1,
             mtu,
+            ..between(&pods[0], &pods[1])
         },
         Subject {
             key: if vx {
@@ -512,10 +510,8 @@ fn build_ours(world: &World, bins: &Bins, backend: &str) -> Result<Vec<Subject>>
             } else {
                 "ours: host-gw, --ip-masq + fwd rules"
             },
-            client: pods[2].0.clone(),
-            server: pods[3].0.clone(),
-            server_ip: pods[3].1,
             mtu,
+            ..between(&pods[2], &pods[3])
         },
     ])
 }
@@ -543,11 +539,21 @@ fn build_udp(world: &World, bins: &Bins, offload: bool) -> Result<Subject> {
         } else {
             "ours: udp, one packet per syscall"
         },
-        client: pods[0].0.clone(),
-        server: pods[1].0.clone(),
-        server_ip: pods[1].1,
         mtu: 1472,
+        ..between(&pods[0], &pods[1])
     })
+}
+
+/// The path from the first pod to the second (key, label and MTU left for the caller to set).
+fn between(client: &(String, Ipv4Addr), server: &(String, Ipv4Addr)) -> Subject {
+    Subject {
+        key: "",
+        label: "",
+        client: client.0.clone(),
+        server: server.0.clone(),
+        server_ip: server.1,
+        mtu: 0,
+    }
 }
 
 /// Pings until the server pod answers (flanneld may still be programming its peers).

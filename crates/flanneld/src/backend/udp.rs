@@ -264,12 +264,30 @@ struct LoopCtx {
     port: u16,
 }
 
+impl LoopCtx {
+    /// The device queue, socket, peer table, counters and stop flag.
+    fn parts(&self) -> (&Tun, &UdpSocket, &ArcSwap<Table>, &Counters, &AtomicBool) {
+        (&self.tun, &self.sock, &self.table, &self.c, &self.stop)
+    }
+}
+
 /// The counter of an ICMP error we answer with.
 fn icmp_counter(c: &Counters, kind: V4Error) -> &AtomicU64 {
     match kind {
         V4Error::NetUnreachable => &c.no_route,
         V4Error::TimeExceeded => &c.ttl_expired,
         V4Error::FragmentationNeeded { .. } => &c.too_big,
+    }
+}
+
+/// The header of an IPv4 packet; anything else is counted as malformed (udp carries IPv4 only, as upstream's).
+fn inspect_v4(pkt: &[u8], c: &Counters) -> Option<packet::ip::Header> {
+    match packet::ip::inspect(pkt) {
+        Ok(h) if h.version == 4 => Some(h),
+        _ => {
+            bump(&c.dropped_malformed);
+            None
+        }
     }
 }
 
@@ -282,13 +300,7 @@ fn admit_datagram(
     pkt: &[u8],
     c: &Counters,
 ) -> Option<usize> {
-    let h = match packet::ip::inspect(pkt) {
-        Ok(h) if h.version == 4 => h,
-        _ => {
-            bump(&c.dropped_malformed);
-            return None;
-        }
-    };
+    let h = inspect_v4(pkt, c)?;
     match t.admit(from, port, &h) {
         In::Deliver => Some(h.total_len),
         In::NotPeer => {
@@ -438,6 +450,22 @@ fn wait_readable(fd: i32, stop: &AtomicBool) -> bool {
     }
 }
 
+/// The next packet from `flannel0` into `buf` (its length); `None` when the loop should stop: asked to, or the
+/// device was deleted under us (the reconciler notices and builds a new one).
+fn read_tun(tun: &Tun, buf: &mut [u8], stop: &AtomicBool) -> Option<usize> {
+    while wait_readable(tun.file().as_raw_fd(), stop) {
+        match tun.file().read(buf) {
+            Ok(n) => return Some(n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!(error = %e, "reading {DEVICE} failed; its packet loop stops");
+                return None;
+            }
+        }
+    }
+    None
+}
+
 /// Writes an ICMP error about `pkt` back into `flannel0`, from the packet's own destination.
 ///
 /// Not from our `flannel0` address: a packet that enters through `flannel0` with one of this host's addresses as
@@ -470,36 +498,16 @@ fn answer(
 
 /// `flannel0` → peers.
 fn tx_loop(ctx: &LoopCtx) {
-    let (tun, sock, table, c, stop, mtu) = (
-        &*ctx.tun,
-        &*ctx.sock,
-        &*ctx.table,
-        &*ctx.c,
-        &*ctx.stop,
-        ctx.mtu,
-    );
+    let (tun, sock, table, c, stop) = ctx.parts();
+    let mtu = ctx.mtu;
     let mut buf = vec![0u8; MAX_PACKET];
     let mut icmp_buf = vec![0u8; icmp::V4_MAX_ERROR_LEN];
-    let fd = tun.file().as_raw_fd();
-    while wait_readable(fd, stop) {
-        let n = match tun.file().read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // The device was deleted under us: the reconciler notices and builds a new one.
-                warn!(error = %e, "reading {DEVICE} failed; its packet loop stops");
-                return;
-            }
-        };
+    while let Some(n) = read_tun(tun, &mut buf, stop) {
         let Some(pkt) = buf.get_mut(..n) else {
             continue;
         };
-        let h = match packet::ip::inspect(pkt) {
-            Ok(h) if h.version == 4 => h,
-            _ => {
-                bump(&c.dropped_malformed);
-                continue;
-            }
+        let Some(h) = inspect_v4(pkt, c) else {
+            continue;
         };
         match table.load().route(&h, mtu) {
             Out::Send(to) => {
@@ -529,14 +537,8 @@ fn tx_loop(ctx: &LoopCtx) {
 
 /// Peers → `flannel0`.
 fn rx_loop(ctx: &LoopCtx) {
-    let (tun, sock, table, c, stop, port) = (
-        &*ctx.tun,
-        &*ctx.sock,
-        &*ctx.table,
-        &*ctx.c,
-        &*ctx.stop,
-        ctx.port,
-    );
+    let (tun, sock, table, c, stop) = ctx.parts();
+    let port = ctx.port;
     let mut buf = vec![0u8; MAX_PACKET];
     let fd = sock.as_raw_fd();
     while wait_readable(fd, stop) {

@@ -12,12 +12,15 @@
 //!
 //! The buffers are allocated once per loop; nothing is allocated per packet.
 
-use super::{admit_datagram, answer, bump, icmp_counter, wait_readable, LoopCtx, Out, MAX_PACKET};
+use super::{
+    admit_datagram, answer, bump, icmp_counter, inspect_v4, read_tun, wait_readable, LoopCtx, Out,
+    MAX_PACKET,
+};
 use kernel::tun::Tun;
 use nix::sys::socket::{self, ControlMessage, ControlMessageOwned, MsgFlags, SockaddrIn};
 use packet::icmp::{self, V4Error};
 use packet::virtio::{self, VirtioNetHdr, GSO_NONE, GSO_UDP_L4, VIRTIO_NET_HDR_LEN};
-use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::io::{IoSlice, IoSliceMut, Write};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -62,28 +65,13 @@ fn segment_size(hdr: &VirtioNetHdr, pkt: &[u8], h: &packet::ip::Header) -> Optio
 
 /// `flannel0` → peers, with TSO on the device and GSO on the socket.
 pub(super) fn tx_loop(ctx: &LoopCtx) {
-    let (tun, sock, table, c, stop, mtu) = (
-        &*ctx.tun,
-        &*ctx.sock,
-        &*ctx.table,
-        &*ctx.c,
-        &*ctx.stop,
-        ctx.mtu,
-    );
+    let (tun, sock, table, c, stop) = ctx.parts();
+    let mtu = ctx.mtu;
     let mut buf = vec![0u8; VIRTIO_NET_HDR_LEN + MAX_PACKET];
     let mut segs = vec![0u8; MAX_SEGS * mtu.max(1)];
     let mut lens = [0usize; MAX_SEGS];
     let mut icmp_buf = vec![0u8; icmp::V4_MAX_ERROR_LEN];
-    let fd = tun.file().as_raw_fd();
-    while wait_readable(fd, stop) {
-        let n = match tun.file().read(&mut buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "reading flannel0 failed; its packet loop stops");
-                return;
-            }
-        };
+    while let Some(n) = read_tun(tun, &mut buf, stop) {
         let Some(frame) = buf.get_mut(..n) else {
             continue;
         };
@@ -94,12 +82,8 @@ pub(super) fn tx_loop(ctx: &LoopCtx) {
         let Some(pkt) = frame.get_mut(VIRTIO_NET_HDR_LEN..) else {
             continue;
         };
-        let h = match packet::ip::inspect(pkt) {
-            Ok(h) if h.version == 4 => h,
-            _ => {
-                bump(&c.dropped_malformed);
-                continue;
-            }
+        let Some(h) = inspect_v4(pkt, c) else {
+            continue;
         };
         let gso = segment_size(&hdr, pkt, &h);
         // A super-packet is longer than the MTU by design; its segments are not.
@@ -181,14 +165,8 @@ pub(super) fn tx_loop(ctx: &LoopCtx) {
 
 /// Peers → `flannel0`, with GRO on the socket and on the way into the device.
 pub(super) fn rx_loop(ctx: &LoopCtx) {
-    let (tun, sock, table, c, stop, port) = (
-        &*ctx.tun,
-        &*ctx.sock,
-        &*ctx.table,
-        &*ctx.c,
-        &*ctx.stop,
-        ctx.port,
-    );
+    let (tun, sock, table, c, stop) = ctx.parts();
+    let port = ctx.port;
     let mut buf = vec![0u8; MAX_PACKET];
     let mut cmsg = nix::cmsg_space!(i32);
     let mut gro = packet::Gro::new(16);
