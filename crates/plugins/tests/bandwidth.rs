@@ -122,7 +122,22 @@ fn iperf(node: &str, pod: &str, pod_ip: &str, reverse: bool) -> f64 {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let mut c = Command::new("ip");
     c.args([
-        "netns", "exec", node, "iperf3", "-J", "-t", "4", "-O", "1", "-c", pod_ip, "-p",
+        "netns",
+        "exec",
+        node,
+        "iperf3",
+        "-J",
+        "-t",
+        "4",
+        "-O",
+        "1",
+        "--connect-timeout",
+        "5000",
+        "--rcv-timeout",
+        "10000",
+        "-c",
+        pod_ip,
+        "-p",
     ])
     .arg(port.to_string());
     if reverse {

@@ -92,12 +92,14 @@ pub fn run(tests: Vec<Test>) -> ! {
         }
     }));
     let args = libtest_mimic::Arguments::from_args();
+    let limit = test_time_limit();
     let trials = tests
         .into_iter()
         .map(|t| {
             let f = t.run;
-            libtest_mimic::Trial::ignorable_test(t.name, move || {
-                match panic::catch_unwind(AssertUnwindSafe(f)) {
+            let name = t.name;
+            libtest_mimic::Trial::ignorable_test(name, move || {
+                match run_bounded(name, f, limit) {
                     Ok(()) => Ok(libtest_mimic::Completion::Completed),
                     Err(p) => match p.downcast::<NotRun>() {
                         Ok(nr) => Ok(libtest_mimic::Completion::ignored_with(format!(
@@ -112,6 +114,54 @@ pub fn run(tests: Vec<Test>) -> ! {
         })
         .collect();
     libtest_mimic::run(&args, trials).exit()
+}
+
+/// How long one test may run before the whole binary is stopped: `TESTKIT_TEST_TIMEOUT` seconds, 600 by default.
+/// Far above any test's run time here; it exists so that a test stuck on a wait that never ends (a server waiting
+/// for a client that failed) fails its binary visibly, and the rest of the suite still runs, instead of holding the
+/// whole CI run until its time limit.
+fn test_time_limit() -> std::time::Duration {
+    let secs = std::env::var("TESTKIT_TEST_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&s| s > 0)
+        .unwrap_or(600);
+    std::time::Duration::from_secs(secs)
+}
+
+/// Runs `f` on a thread of its own and waits for it at most `limit`. Past that the test cannot be stopped from
+/// outside (a thread cannot be killed), so the process exits with a failure naming the test: its namespaces stay
+/// behind (each test's names are unique, so no other test is affected), which is the lesser harm.
+fn run_bounded(
+    name: &'static str,
+    f: fn(),
+    limit: std::time::Duration,
+) -> Result<(), Box<dyn std::any::Any + Send>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            let r = panic::catch_unwind(AssertUnwindSafe(f));
+            let _ = tx.send(());
+            r
+        });
+    let handle = match spawned {
+        Ok(h) => h,
+        // No thread to spare: run it here, unbounded, rather than not at all.
+        Err(_) => return panic::catch_unwind(AssertUnwindSafe(f)),
+    };
+    match rx.recv_timeout(limit) {
+        Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            handle.join().unwrap_or_else(Err)
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!(
+                "test {name} did not finish within {} s (TESTKIT_TEST_TIMEOUT): stopping this test binary as failed",
+                limit.as_secs()
+            );
+            std::process::exit(101);
+        }
+    }
 }
 
 /// The `main` of a test binary with `harness = false`: lists its tests, and after a `;` any expressions giving

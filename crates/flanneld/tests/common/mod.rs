@@ -303,7 +303,8 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
 }
 
 /// Waits for `child` to exit, at most `timeout`.
-fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+/// Waits at most `timeout` for `child` to exit; `None` when it is still running.
+pub fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(s)) = child.try_wait() {
@@ -317,7 +318,7 @@ fn wait_child(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
 }
 
 /// SIGKILL and reap.
-fn kill_child(child: &mut Child) {
+pub fn kill_child(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
