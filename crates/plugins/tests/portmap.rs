@@ -169,27 +169,57 @@ fn lan(sb: &Sandbox) -> Netns {
     client
 }
 
-/// Upstream's conflist (kube-flannel.yml `cni-conf.json`): flannel, then portmap with the capability.
-fn flannel_portmap(sb: &Sandbox) -> Net {
+/// Upstream's conflist (kube-flannel.yml `cni-conf.json`): flannel, then portmap with the capability (and
+/// `backend`, when given).
+fn flannel_portmap(sb: &Sandbox, backend: Option<&str>) -> Net {
     write_default_subnet_env(sb);
-    Net::new(
-        "cbr0",
-        "0.3.1",
-        vec![
-            flannel_conf(sb),
-            json!({"type": "portmap", "capabilities": {"portMappings": true}}),
-        ],
-    )
+    let mut pm = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+    if let Some(b) = backend {
+        pm["backend"] = json!(b);
+    }
+    Net::new("cbr0", "0.3.1", vec![flannel_conf(sb), pm])
+}
+
+/// `nft list table` of both families' `cni_hostport` in `ns` (empty for a family without it).
+fn nft_tables(ns: &str) -> String {
+    let mut out = String::new();
+    for fam in ["ip", "ip6"] {
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "nft",
+                "list",
+                "table",
+                fam,
+                "cni_hostport",
+            ])
+            .output()
+            .expect("run nft");
+        out.push_str(&String::from_utf8_lossy(&o.stdout));
+    }
+    out
 }
 
 /// Two pods with a hostPort each (8080 → pod 0 port 80, 8081 → pod 1 port 80): reached from another namespace
 /// via the node's address, from the node (127.0.0.1 and its address), from the other pod, and by each pod
 /// itself (hairpin); route_localnet on cni0; DEL leaves the nat table as the reference's DEL does.
 fn host_ports_reached_everywhere() {
+    host_ports_reached(None);
+}
+
+/// The same with `backend: "nftables"`: the mappings are elements of the `cni_hostport` maps, and DEL removes
+/// them all, leaving iptables untouched.
+fn host_ports_reached_everywhere_nftables() {
+    host_ports_reached(Some("nftables"));
+}
+
+fn host_ports_reached(backend: Option<&str>) {
     require_root();
     let sb = Sandbox::new();
     let rt = sb.runtime(&Impl::ours());
-    let net = flannel_portmap(&sb);
+    let net = flannel_portmap(&sb, backend);
     let client = lan(&sb);
     let before = nat(&sb.node.name);
     let pods = sb.pods(2);
@@ -242,6 +272,16 @@ fn host_ports_reached_everywhere() {
         }
     }
     drop(servers);
+    if backend == Some("nftables") {
+        let t = nft_tables(&sb.node.name);
+        for (att, _, _) in &atts {
+            assert!(
+                t.contains(&format!("comment \"{} cbr0\"", att.container_id)),
+                "{t}"
+            );
+        }
+        assert!(!nat(&sb.node.name).contains("CNI-DN-"), "no iptables rules");
+    }
     for (att, maps, r) in &atts {
         rt.del_rc(&net, att, maps, Some(r))
             .unwrap_or_else(|o| panic!("DEL: {o:?}"));
@@ -251,6 +291,15 @@ fn host_ports_reached_everywhere() {
         !after.contains("CNI-DN-") && !after.contains("dnat name"),
         "{after}"
     );
+    if backend == Some("nftables") {
+        assert_eq!(before, after, "the nftables backend left iptables alone");
+        let t = nft_tables(&sb.node.name);
+        assert!(t.contains("map port_dnat"), "the table stays: {t}");
+        for (att, _, _) in &atts {
+            assert!(!t.contains(&att.container_id), "{t}");
+        }
+        return;
+    }
     assert_ne!(
         before, after,
         "the shared chains stay, as the reference leaves them"
@@ -471,14 +520,153 @@ fn bad_input() {
             "{what}: left after DEL"
         );
     }
+    // nftables: a condition that would end the rule and start another command is refused before nft runs.
+    let before = nft_tables(&sb.node.name);
     let out = exec_pm(
         &ours_pm(),
         &sb,
         "ADD",
         &att,
-        &pm_conf(json!({"backend": "nftables"})),
+        &pm_conf(
+            json!({"backend": "nftables", "conditionsV4": ["ip", "saddr", "1.2.3.4", ";", "flush", "ruleset"]}),
+        ),
     );
-    out.assert_err(2);
+    out.assert_err(7);
+    assert_eq!(nft_tables(&sb.node.name), before);
+}
+
+/// nft's view of one element key in a set or map of `cni_hostport` (`nft get element`): its line, if it is there.
+fn nft_get(ns: &str, fam: &str, set: &str, key: &str) -> Option<String> {
+    let o = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "nft",
+            "get",
+            "element",
+            fam,
+            "cni_hostport",
+            set,
+        ])
+        .arg(format!("{{ {key} }}"))
+        .output()
+        .expect("run nft");
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn nft_ok(ns: &str, cmd: &str) {
+    let o = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", cmd])
+        .output()
+        .expect("run nft");
+    assert!(o.status.success(), "nft {cmd}: {o:?}");
+}
+
+/// The nftables backend: ADD makes elements (both families), CHECK verifies them and notices one gone; DEL is
+/// idempotent and also removes the rules the reference's nftables backend writes for the container (comment =
+/// container ID), not others'; a stale element on a hostPort is replaced by a new pod's, whose element the stale
+/// pod's late DEL leaves alone; GC removes what valid-attachments does not name.
+fn nftables_check_del_stale_and_gc() {
+    require_root();
+    let sb = Sandbox::new();
+    let pods = sb.pods(2);
+    let atts: Vec<Att> = pods.iter().enumerate().map(|(i, p)| sb.att(i, p)).collect();
+    let ns = sb.node.name.clone();
+    let mut conf = pm_conf(json!({"backend": "nftables"}));
+    conf["cniVersion"] = json!("1.1.0");
+    let out = exec_pm(&ours_pm(), &sb, "ADD", &atts[0], &conf);
+    assert!(out.ok(), "ADD: {out:?}");
+    assert_eq!(out.json()["ips"], prev_result()["ips"]);
+    let got = nft_get(&ns, "ip", "port_dnat", "tcp . 8080").expect("v4 element");
+    assert!(got.contains("10.250.0.2 . 80"), "{got}");
+    assert!(nft_get(&ns, "ip", "hostip_dnat", "10.250.0.1 . tcp . 8443").is_some());
+    assert!(nft_get(&ns, "ip6", "hostip_dnat", "fd00:250::1 . sctp . 5354").is_some());
+    assert!(nft_get(&ns, "ip6", "port_dnat", "udp . 5353").is_some());
+    assert!(nft_get(&ns, "ip", "masq_pairs", "127.0.0.1 . 10.250.0.2").is_some());
+    assert!(exec_pm(&ours_pm(), &sb, "CHECK", &atts[0], &conf).ok());
+    nft_ok(
+        &ns,
+        "delete element ip cni_hostport masq_pairs { 127.0.0.1 . 10.250.0.2 }",
+    );
+    exec_pm(&ours_pm(), &sb, "CHECK", &atts[0], &conf).assert_err(100);
+    // A second ADD of the same attachment repairs it.
+    assert!(exec_pm(&ours_pm(), &sb, "ADD", &atts[0], &conf).ok());
+    assert!(exec_pm(&ours_pm(), &sb, "CHECK", &atts[0], &conf).ok());
+
+    // Rules of the reference's layout for this container, and one of another container.
+    let cid = &atts[0].container_id;
+    nft_ok(&ns, &format!("add rule ip cni_hostport hostports tcp dport 9999 dnat to 10.250.0.2:80 comment \"{cid}\""));
+    nft_ok(
+        &ns,
+        "add chain ip cni_hostport masquerading { type nat hook postrouting priority srcnat ; }",
+    );
+    nft_ok(&ns, &format!("add rule ip cni_hostport masquerading ip saddr 10.250.0.2 ip daddr 10.250.0.2 masquerade comment \"{cid}\""));
+    nft_ok(&ns, "add rule ip cni_hostport hostports tcp dport 9998 dnat to 10.250.0.9:80 comment \"someone-else\"");
+    for _ in 0..2 {
+        assert!(exec_pm(&ours_pm(), &sb, "DEL", &atts[0], &conf).ok());
+    }
+    let t = nft_tables(&ns);
+    assert!(!t.contains(cid.as_str()), "DEL left some: {t}");
+    assert!(
+        t.contains("someone-else"),
+        "another container's rule removed: {t}"
+    );
+
+    // A stale element (attachment 0, never DELeted) on 8080; attachment 1 takes the port.
+    assert!(exec_pm(&ours_pm(), &sb, "ADD", &atts[0], &conf).ok());
+    let mut conf1 = conf.clone();
+    conf1["prevResult"]["ips"] = json!([{"address": "10.250.0.3/24", "interface": 1}]);
+    conf1["runtimeConfig"]["portMappings"] =
+        json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+    let out = exec_pm(&ours_pm(), &sb, "ADD", &atts[1], &conf1);
+    assert!(out.ok(), "ADD over a stale element: {out:?}");
+    let got = nft_get(&ns, "ip", "port_dnat", "tcp . 8080").expect("element");
+    assert!(got.contains("10.250.0.3 . 80"), "{got}");
+    assert!(exec_pm(&ours_pm(), &sb, "DEL", &atts[0], &conf).ok());
+    assert!(
+        nft_get(&ns, "ip", "port_dnat", "tcp . 8080").is_some(),
+        "the stale pod's DEL took the new pod's port"
+    );
+    assert!(exec_pm(&ours_pm(), &sb, "CHECK", &atts[1], &conf1).ok());
+
+    // GC: attachment 0 again, then only attachment 1 valid, then none.
+    assert!(exec_pm(
+        &ours_pm(),
+        &sb,
+        "ADD",
+        &atts[0],
+        &pm_conf(json!({"backend": "nftables", "runtimeConfig":
+        {"portMappings": [{"hostPort": 7070, "containerPort": 80, "protocol": "tcp"}]}}))
+    )
+    .ok());
+    let rt = sb.runtime(&Impl::ours());
+    let mut gc = json!({"cniVersion": "1.1.0", "name": "rtest", "type": "portmap", "backend": "nftables",
+        "cni.dev/valid-attachments": [{"containerID": atts[1].container_id, "ifname": "eth0"}]});
+    let run_gc = |gc: &Value| {
+        exec_plugin(
+            &ours_pm(),
+            Some(&sb.node.path()),
+            &rt.env_for("GC", None),
+            gc.to_string().as_bytes(),
+        )
+    };
+    assert!(run_gc(&gc).ok());
+    let t = nft_tables(&ns);
+    assert!(
+        !t.contains(atts[0].container_id.as_str()),
+        "stale kept: {t}"
+    );
+    assert!(
+        t.contains(atts[1].container_id.as_str()),
+        "valid removed: {t}"
+    );
+    gc["cni.dev/valid-attachments"] = json!([]);
+    assert!(run_gc(&gc).ok());
+    let t = nft_tables(&ns);
+    assert!(!t.contains(atts[1].container_id.as_str()), "{t}");
 }
 
 /// GC (spec 1.1) removes the chains of the attachments not in `cni.dev/valid-attachments`, keeps the others.
@@ -523,4 +711,6 @@ testkit::main!(
     del_check_and_partial_add,
     bad_input,
     host_ports_reached_everywhere,
+    host_ports_reached_everywhere_nftables,
+    nftables_check_del_stale_and_gc,
 );

@@ -18,10 +18,15 @@
 //! that jumps to it, plus the legacy `CNI-SN-<hash>` chain. With `snat`, IPv4 ADD sets `route_localnet=1` on the
 //! host interface that routes to the pod, as the reference, so `127.0.0.1:<hostPort>` works.
 //!
+//! `backend: "nftables"` selects the layout of [`nftables`] (the reference's table, maps instead of a rule per
+//! mapping). Without `backend`, as the reference: nftables when the conditions are nft syntax (they do not start
+//! with `-`) or when the iptables tools are missing, iptables otherwise. DEL, CHECK and GC work on the backend of
+//! the configuration they are given.
+//!
 //! Not done: the reference's flush of UDP conntrack entries for the mapped ports after ADD (the reference only
-//! logs its failure), and the nftables backend (`backend: "nftables"` is refused with code 2).
+//! logs its failure).
 
-use crate::error::{CniError, ERR_UNSUPPORTED_FIELD};
+use crate::error::CniError;
 use crate::plugin::Plugin;
 use crate::skel::CmdArgs;
 use crate::types::{CniResult, NetConf};
@@ -32,6 +37,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+
+pub mod nftables;
 
 /// The top-level chains; the reference fixes these names "to allow upgrades".
 pub const DNAT_CHAIN: &str = "CNI-HOSTPORT-DNAT";
@@ -127,12 +134,74 @@ pub enum Mark {
 /// The plugin's configuration, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Conf {
+    pub backend: BackendKind,
     pub mappings: Vec<Mapping>,
     pub snat: bool,
     pub masq_all: bool,
     pub mark: Mark,
     pub conditions_v4: Vec<String>,
     pub conditions_v6: Vec<String>,
+}
+
+/// Which layout the rules take (`backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendKind {
+    Iptables,
+    Nftables,
+}
+
+/// Where an attachment's forwarding lives: one implementation per [`BackendKind`], chosen once per call.
+trait Backend: Sync {
+    /// Makes the forwarding of the pod address `net` (one family).
+    fn forward(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError>;
+    /// Removes everything of the attachment, both families; nothing there is success.
+    fn unforward(&self, network: &str, cid: &str) -> Result<(), CniError>;
+    /// Verifies the forwarding of `net`.
+    fn check(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError>;
+    /// Removes the attachments of `network` whose container `keep` rejects.
+    fn gc(&self, network: &str, keep: &dyn Fn(&str) -> bool) -> Result<(), CniError>;
+}
+
+struct Iptables;
+struct Nftables;
+
+impl Backend for Iptables {
+    fn forward(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
+        forward(conf, network, cid, net)
+    }
+    fn unforward(&self, network: &str, cid: &str) -> Result<(), CniError> {
+        unforward(network, cid)
+    }
+    fn check(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
+        check_iptables(conf, network, cid, net)
+    }
+    fn gc(&self, network: &str, keep: &dyn Fn(&str) -> bool) -> Result<(), CniError> {
+        gc_iptables(network, keep)
+    }
+}
+
+impl Backend for Nftables {
+    fn forward(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
+        nftables::forward(conf, network, cid, net)
+    }
+    fn unforward(&self, network: &str, cid: &str) -> Result<(), CniError> {
+        nftables::unforward(network, cid)
+    }
+    fn check(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
+        nftables::check(conf, network, cid, net)
+    }
+    fn gc(&self, network: &str, keep: &dyn Fn(&str) -> bool) -> Result<(), CniError> {
+        nftables::gc(network, keep)
+    }
+}
+
+impl BackendKind {
+    fn imp(self) -> &'static dyn Backend {
+        match self {
+            Self::Iptables => &Iptables,
+            Self::Nftables => &Nftables,
+        }
+    }
 }
 
 fn get<'a>(conf: &'a NetConf, key: &str) -> Option<&'a Value> {
@@ -168,18 +237,14 @@ impl Conf {
     /// The configuration of `conf` as the reference's `parseConfig` reads it, with stricter checks on what it
     /// would pass to iptables unchecked (port range, protocol, `hostIP`, chain name, condition tokens).
     pub fn from_conf(conf: &NetConf) -> Result<Self, CniError> {
-        if let Some(b) = get(conf, "backend") {
-            match b.as_str() {
-                Some("iptables") => {}
-                Some("nftables") => {
-                    return Err(CniError::new(
-                        ERR_UNSUPPORTED_FIELD,
-                        "backend \"nftables\" is not implemented by this portmap (iptables only)",
-                    ))
-                }
+        let explicit = match get(conf, "backend") {
+            None => None,
+            Some(b) => Some(match b.as_str() {
+                Some("iptables") => BackendKind::Iptables,
+                Some("nftables") => BackendKind::Nftables,
                 _ => return Err(CniError::config(format!("unknown portmap backend {b}"))),
-            }
-        }
+            }),
+        };
         let snat = match get(conf, "snat") {
             None => true,
             Some(v) => v
@@ -277,13 +342,43 @@ impl Conf {
                 host_family,
             });
         }
+        let conditions_v4 = conditions(conf, "conditionsV4")?;
+        let conditions_v6 = conditions(conf, "conditionsV6")?;
+        let backend = explicit.unwrap_or_else(|| {
+            let first = conditions_v4.first().or(conditions_v6.first());
+            match first {
+                Some(t) if !t.starts_with('-') && !t.starts_with('!') => BackendKind::Nftables,
+                Some(_) => BackendKind::Iptables,
+                None if firewall::find_tool(Family::V4.restore()).is_none()
+                    && firewall::find_tool("nft").is_some() =>
+                {
+                    BackendKind::Nftables
+                }
+                None => BackendKind::Iptables,
+            }
+        });
+        if backend == BackendKind::Nftables {
+            if let Mark::External(_) = mark {
+                return Err(CniError::config(
+                    "externalSetMarkChain is an iptables option; the nftables backend masquerades by itself",
+                ));
+            }
+            for t in conditions_v4.iter().chain(&conditions_v6) {
+                if t.contains([';', '#', '\\']) {
+                    return Err(CniError::config(format!(
+                        "invalid nftables condition token {t:?}: ';', '#' and '\\' would end or escape the rule"
+                    )));
+                }
+            }
+        }
         Ok(Self {
+            backend,
             mappings,
             snat,
             masq_all,
             mark,
-            conditions_v4: conditions(conf, "conditionsV4")?,
-            conditions_v6: conditions(conf, "conditionsV6")?,
+            conditions_v4,
+            conditions_v6,
         })
     }
 
@@ -752,19 +847,20 @@ async fn add(args: &CmdArgs, conf: &NetConf) -> Result<CniResult, CniError> {
         return Ok(out);
     }
     let (v4, v6) = container_nets(&prev, &args.ifname);
+    let backend = pm.backend.imp();
     let done = async {
         for net in [v4, v6].into_iter().flatten() {
             if pm.snat && matches!(net, IpNet::V4(_)) {
                 enable_localnet(net.addr()).await?;
             }
-            forward(&pm, &conf.name, &args.container_id, net)?;
+            backend.forward(&pm, &conf.name, &args.container_id, net)?;
         }
         Ok::<(), CniError>(())
     }
     .await;
     if let Err(e) = done {
         // Nothing half-made stays behind: one family may have been set up before the other failed.
-        let _ = unforward(&conf.name, &args.container_id);
+        let _ = backend.unforward(&conf.name, &args.container_id);
         return Err(e);
     }
     Ok(out)
@@ -778,7 +874,7 @@ fn del(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
     if pm.mappings.is_empty() {
         return Ok(());
     }
-    unforward(&conf.name, &args.container_id)
+    pm.backend.imp().unforward(&conf.name, &args.container_id)
 }
 
 fn check(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
@@ -790,19 +886,26 @@ fn check(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
         return Ok(());
     }
     let (v4, v6) = container_nets(&prev, &args.ifname);
-    let comment = entry_comment(&conf.name, &args.container_id);
     for net in [v4, v6].into_iter().flatten() {
-        let fam = Family::of(&net);
-        let t = read_nat(fam).map_err(|e| run_err(&format!("{} check", fam_name(fam)), e))?;
-        let l = layout(&pm, &conf.name, &args.container_id, net);
-        let gone = missing(&t, &pm, &l, &comment);
-        if !gone.is_empty() {
-            return Err(CniError::internal(format!(
-                "could not check {} dnat: missing {}",
-                fam_name(fam),
-                gone.join(", ")
-            )));
-        }
+        pm.backend
+            .imp()
+            .check(&pm, &conf.name, &args.container_id, net)?;
+    }
+    Ok(())
+}
+
+fn check_iptables(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
+    let comment = entry_comment(network, cid);
+    let fam = Family::of(&net);
+    let t = read_nat(fam).map_err(|e| run_err(&format!("{} check", fam_name(fam)), e))?;
+    let l = layout(conf, network, cid, net);
+    let gone = missing(&t, conf, &l, &comment);
+    if !gone.is_empty() {
+        return Err(CniError::internal(format!(
+            "could not check {} dnat: missing {}",
+            fam_name(fam),
+            gone.join(", ")
+        )));
     }
     Ok(())
 }
@@ -824,17 +927,23 @@ pub fn containers_in(t: &SavedTable, network: &str) -> Vec<String> {
     out
 }
 
-/// GC: removes the chains of this network's containers that are not in `cni.dev/valid-attachments` (the
-/// reference's iptables backend has no GC; the entry comments name network and container).
+/// GC: removes the forwarding of this network's containers that are not in `cni.dev/valid-attachments`.
 fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.valid_attachments()?;
+    let pm = Conf::from_conf(conf)?;
+    let keep = |cid: &str| valid.iter().any(|a| a.container_id == cid);
+    pm.backend.imp().gc(&conf.name, &keep)
+}
+
+/// The iptables GC: the reference's iptables backend has none; the entry comments name network and container.
+fn gc_iptables(network: &str, keep: &dyn Fn(&str) -> bool) -> Result<(), CniError> {
     let mut stale = Vec::new();
     for fam in Family::ALL {
         if let Ok(t) = read_nat(fam) {
-            for cid in containers_in(&t, &conf.name) {
-                if !valid.iter().any(|a| a.container_id == cid) {
-                    stale.push(dnat_chain_name(&conf.name, &cid));
-                    stale.push(old_snat_chain_name(&conf.name, &cid));
+            for cid in containers_in(&t, network) {
+                if !keep(&cid) {
+                    stale.push(dnat_chain_name(network, &cid));
+                    stale.push(old_snat_chain_name(network, &cid));
                 }
             }
         }
@@ -1002,11 +1111,32 @@ mod tests {
             let e = conf_with(maps.clone(), extra.clone()).unwrap_err();
             assert_eq!(e.code, 7, "{maps} {extra}: {e:?}");
         }
+        // The nftables backend takes nft conditions only, and no iptables mark chain.
+        for extra in [
+            json!({"backend": "nftables", "externalSetMarkChain": "KUBE-MARK-MASQ"}),
+            json!({"backend": "nftables", "conditionsV4": ["ip", "saddr", "1.2.3.4;", "flush", "ruleset"]}),
+            json!({"conditionsV6": ["meta", "mark", "1", "#"]}),
+        ] {
+            assert_eq!(
+                conf_with(json!([]), extra.clone()).unwrap_err().code,
+                7,
+                "{extra}"
+            );
+        }
+        // Without `backend`, the conditions' syntax chooses, as the reference.
+        let b = |extra: Value| conf_with(json!([]), extra).unwrap().backend;
+        assert_eq!(b(json!({"backend": "nftables"})), BackendKind::Nftables);
         assert_eq!(
-            conf_with(json!([]), json!({"backend": "nftables"}))
-                .unwrap_err()
-                .code,
-            2
+            b(json!({"conditionsV4": ["ip", "saddr", "192.0.2.0/24"]})),
+            BackendKind::Nftables
+        );
+        assert_eq!(
+            b(json!({"conditionsV4": ["-s", "192.0.2.0/24"]})),
+            BackendKind::Iptables
+        );
+        assert_eq!(
+            b(json!({"conditionsV6": ["!", "-s", "fd00::/8"]})),
+            BackendKind::Iptables
         );
         let c = conf_with(
             json!(null),
