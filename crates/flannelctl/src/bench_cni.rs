@@ -14,13 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The spec version every subject is driven with (the reference plugins stop at 1.0.0).
-const CNI_VERSION: &str = "1.0.0";
+pub(crate) const CNI_VERSION: &str = "1.0.0";
 /// The network name.
-const NETWORK: &str = "cbr0";
+pub(crate) const NETWORK: &str = "cbr0";
 /// The cluster network the pod subnets are carved from.
-const CLUSTER_NETWORK: &str = "10.244.0.0/16";
+pub(crate) const CLUSTER_NETWORK: &str = "10.244.0.0/16";
 /// The MTU flannel would write.
-const MTU: u32 = 1450;
+pub(crate) const MTU: u32 = 1450;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -59,9 +59,9 @@ struct Subject {
 
 /// Latency summary of one operation over all pods, in milliseconds.
 #[derive(Debug, Clone)]
-struct OpStats {
-    p50: f64,
-    p99: f64,
+pub(crate) struct OpStats {
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
     mean: f64,
     max: f64,
     count: usize,
@@ -69,7 +69,7 @@ struct OpStats {
 }
 
 impl OpStats {
-    fn new(mut samples: Vec<Duration>, wall: Duration) -> Self {
+    pub(crate) fn new(mut samples: Vec<Duration>, wall: Duration) -> Self {
         samples.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         let n = samples.len();
@@ -105,7 +105,7 @@ impl OpStats {
         }
     }
 
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         json!({
             "p50_ms": round3(self.p50),
             "p99_ms": round3(self.p99),
@@ -118,7 +118,7 @@ impl OpStats {
     }
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
@@ -323,7 +323,7 @@ pub fn run(opts: &Options) -> Result<i32> {
 }
 
 /// The pod subnet for `pods` attachments: a /24 when it fits, else the smallest prefix that does.
-fn pod_subnet(pods: usize) -> Result<(String, String, u8)> {
+pub(crate) fn pod_subnet(pods: usize) -> Result<(String, String, u8)> {
     for prefix in (16u8..=24).rev() {
         let capacity = (1usize << (32 - prefix)) - 3; // network, gateway, broadcast
         if capacity >= pods {
@@ -335,7 +335,7 @@ fn pod_subnet(pods: usize) -> Result<(String, String, u8)> {
 }
 
 /// The bridge delegate exactly as flannel renders it from our subnet.env plus the manifest's delegate block.
-fn bridge_conf(subnet: &str, data_dir: &Path) -> Value {
+pub(crate) fn bridge_conf(subnet: &str, data_dir: &Path) -> Value {
     json!({
         "cniVersion": CNI_VERSION,
         "name": NETWORK,
@@ -355,7 +355,7 @@ fn bridge_conf(subnet: &str, data_dir: &Path) -> Value {
 }
 
 /// The flannel plugin object of the upstream manifest, every path under `dir`.
-fn flannel_conf(dir: &Path) -> Value {
+pub(crate) fn flannel_conf(dir: &Path) -> Value {
     json!({
         "cniVersion": CNI_VERSION,
         "name": NETWORK,
@@ -368,17 +368,17 @@ fn flannel_conf(dir: &Path) -> Value {
 }
 
 /// How to exec one subject's plugin inside its node namespace.
-struct Exec {
-    bin: PathBuf,
-    cni_path: String,
-    node: Arc<File>,
-    conf: Value,
-    id_prefix: String,
+pub(crate) struct Exec {
+    pub(crate) bin: PathBuf,
+    pub(crate) cni_path: String,
+    pub(crate) node: Arc<File>,
+    pub(crate) conf: Value,
+    pub(crate) id_prefix: String,
 }
 
 impl Exec {
     /// Runs one command for pod `i`; returns its wall time and stdout.
-    fn call(
+    pub(crate) fn call(
         &self,
         command: &str,
         i: usize,
@@ -389,6 +389,18 @@ impl Exec {
         if let (Some(p), Some(m)) = (prev, conf.as_object_mut()) {
             m.insert("prevResult".into(), p.clone());
         }
+        self.call_with(command, &format!("{}{i}", self.id_prefix), i, netns, &conf)
+    }
+
+    /// Runs one command with configuration `conf` for container `cid` (pod `i` in messages and CNI_ARGS).
+    pub(crate) fn call_with(
+        &self,
+        command: &str,
+        cid: &str,
+        i: usize,
+        netns: &Path,
+        conf: &Value,
+    ) -> Result<(Duration, Vec<u8>)> {
         let stdin = conf.to_string();
         let mut cmd = Command::new(&self.bin);
         cmd.env_clear()
@@ -397,7 +409,7 @@ impl Exec {
                 std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
             )
             .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", format!("{}{i}", self.id_prefix))
+            .env("CNI_CONTAINERID", cid)
             .env("CNI_NETNS", netns)
             .env("CNI_IFNAME", "eth0")
             .env(
@@ -590,7 +602,7 @@ fn baseline(reports: &[Report], workers: usize) -> Option<&Phase> {
         .and_then(|r| r.phases.iter().find(|p| p.workers == workers))
 }
 
-fn ratio(a: f64, b: f64) -> Option<f64> {
+pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a > 0.0).then(|| a / b)
 }
 
@@ -739,12 +751,12 @@ fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
 }
 
 /// A temporary directory removed on drop.
-struct TempDir {
-    path: PathBuf,
+pub(crate) struct TempDir {
+    pub(crate) path: PathBuf,
 }
 
 impl TempDir {
-    fn create(path: PathBuf) -> Result<Self> {
+    pub(crate) fn create(path: PathBuf) -> Result<Self> {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
         Ok(Self { path })

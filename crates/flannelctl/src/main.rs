@@ -1,5 +1,6 @@
 //! `flannelctl`: the flannel-rs command-line tool.
 
+mod bench_chain;
 mod bench_cni;
 mod bench_net;
 mod http;
@@ -178,7 +179,17 @@ caller's network namespace; all namespaces and the temporary data directories ar
 
 Output: a table with p50/p99 ADD and DEL latency in milliseconds and throughput in pods/s, then the speed-up of
 each of ours against the reference (reference/ours for latency, ours/reference for throughput). --json prints
-the same numbers as JSON. Needs root.";
+the same numbers as JSON. Needs root.
+
+--chain measures upstream's conflist instead: flannel (the reference: bridge + host-local, Debian has no
+flannel plugin), then portmap with one hostPort per pod and the main plugin's result as prevResult, DEL in
+reverse order, each call timed: portmap's own ADD and DEL and the chain's, for the reference portmap, ours
+(iptables, the reference's layout) and ours with backend nftables (maps); the target is our portmap ADD+DEL
+p50 >= 5x faster than the reference's. Then the hostPort new-connection rate: per backend a node with one pod
+behind hostPort 8080 and no other mapping, and one with --mappings other attachments' mappings (default 1000),
+a client namespace connecting for --seconds per sample (connect, read one byte, reset), the four nodes in
+alternating order per round; the target is loaded >= 0.95x unloaded. Underlay 192.0.2.0/24 inside the
+namespaces only.";
 
 const KUBE_LONG_ABOUT: &str = "\
 flanneld in Kubernetes mode (--kube-subnet-mgr) with N peer Nodes, against the same flanneld with the same N
@@ -227,6 +238,16 @@ struct CniArgs {
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Measure upstream's conflist instead (flannel, then portmap with one hostPort per pod) against the
+    /// reference bridge + portmap, and the hostPort new-connection rate with --mappings other mappings.
+    #[arg(long)]
+    chain: bool,
+    /// With --chain: the other mappings on the loaded node of the connection-rate part.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=30_000))]
+    mappings: u32,
+    /// With --chain: seconds of connections per connection-rate sample.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
 }
 
 fn main() {
@@ -267,6 +288,17 @@ fn main() {
                 Some(d) => d,
                 None => bench_cni::default_ours_dir()?,
             };
+            if a.chain {
+                return bench_chain::run(&bench_chain::Options {
+                    pods: a.pods as usize,
+                    rounds: a.rounds as usize,
+                    mappings: a.mappings as usize,
+                    seconds: a.seconds,
+                    ours,
+                    reference: a.reference,
+                    json: a.json,
+                });
+            }
             bench_cni::run(&bench_cni::Options {
                 pods: a.pods as usize,
                 concurrency: a.concurrency as usize,

@@ -3,6 +3,7 @@
 
 pub mod addr;
 pub mod bridge_vlan;
+pub mod conntrack;
 pub mod error;
 pub mod firewall;
 pub mod ipmasq;

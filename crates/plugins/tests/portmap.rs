@@ -535,6 +535,83 @@ fn bad_input() {
     assert_eq!(nft_tables(&sb.node.name), before);
 }
 
+/// Conntrack of `ns` as nf_conntrack in procfs shows it (`thread-self`: `/proc/net` is the process's namespace).
+fn conntrack(ns: &str) -> String {
+    in_ns(ns, || {
+        std::fs::read_to_string("/proc/thread-self/net/nf_conntrack").unwrap_or_default()
+    })
+}
+
+/// A UDP flow to a host port that started before the port was mapped (its conntrack entry has no DNAT) reaches
+/// the pod once the mapping is made: ADD deletes the UDP entries to the mapped ports. Before, every datagram of
+/// the flow kept matching the old entry and went to the node itself.
+fn udp_flow_started_before_the_mapping() {
+    udp_flow_before_mapping(None);
+}
+
+fn udp_flow_started_before_the_mapping_nftables() {
+    udp_flow_before_mapping(Some("nftables"));
+}
+
+fn udp_flow_before_mapping(backend: Option<&str>) {
+    require_root();
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_portmap(&sb, backend);
+    let client = lan(&sb);
+    let pods = sb.pods(2);
+    // Pod 0 with a TCP hostPort: the node's nat rules exist, so conntrack tracks the flow below.
+    let a0 = sb.att(0, &pods[0]);
+    let m0 = rc(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
+    let r0 = rt
+        .add_rc(&net, &a0, &m0)
+        .unwrap_or_else(|o| panic!("ADD 0: {o:?}"));
+    let sock = in_ns(&client.name, || {
+        let s = std::net::UdpSocket::bind("192.168.77.2:40053").expect("bind");
+        s.send_to(b"early", "192.168.77.1:5353").expect("send");
+        s
+    });
+    let ct = conntrack(&sb.node.name);
+    assert!(
+        ct.lines()
+            .any(|l| l.contains("udp") && l.contains("sport=40053 dport=5353")),
+        "no entry for the early flow: {ct}"
+    );
+    // The pod listens, then gets the mapping.
+    let pod = pods[1].name.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        in_ns(&pod, move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:53").expect("bind :53");
+            s.set_read_timeout(Some(Duration::from_secs(3)))
+                .expect("timeout");
+            let _ = tx.send(());
+            let mut b = [0u8; 64];
+            s.recv_from(&mut b).ok().map(|(n, _)| b[..n].to_vec())
+        })
+    });
+    rx.recv_timeout(Duration::from_secs(5)).expect("server up");
+    let a1 = sb.att(1, &pods[1]);
+    let m1 = rc(json!([{"hostPort": 5353, "containerPort": 53, "protocol": "udp"}]));
+    let r1 = rt
+        .add_rc(&net, &a1, &m1)
+        .unwrap_or_else(|o| panic!("ADD 1: {o:?}"));
+    in_ns(&client.name, move || {
+        sock.send_to(b"later", "192.168.77.1:5353").expect("send");
+    });
+    let got = server.join().expect("server thread");
+    assert_eq!(
+        got.as_deref(),
+        Some(&b"later"[..]),
+        "the flow that started before the mapping did not reach the pod; conntrack:\n{}",
+        conntrack(&sb.node.name)
+    );
+    for (att, maps, r) in [(&a1, &m1, &r1), (&a0, &m0, &r0)] {
+        rt.del_rc(&net, att, maps, Some(r))
+            .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    }
+}
+
 /// nft's view of one element key in a set or map of `cni_hostport` (`nft get element`): its line, if it is there.
 fn nft_get(ns: &str, fam: &str, set: &str, key: &str) -> Option<String> {
     let o = Command::new("ip")
@@ -596,8 +673,10 @@ fn nftables_check_del_stale_and_gc() {
     assert!(exec_pm(&ours_pm(), &sb, "ADD", &atts[0], &conf).ok());
     assert!(exec_pm(&ours_pm(), &sb, "CHECK", &atts[0], &conf).ok());
 
-    // Rules of the reference's layout for this container, and one of another container.
+    // Rules of the reference's layout for this container, and one of another container, in the chains the
+    // reference makes (we never make them).
     let cid = &atts[0].container_id;
+    nft_ok(&ns, "add chain ip cni_hostport hostports");
     nft_ok(&ns, &format!("add rule ip cni_hostport hostports tcp dport 9999 dnat to 10.250.0.2:80 comment \"{cid}\""));
     nft_ok(
         &ns,
@@ -713,4 +792,6 @@ testkit::main!(
     host_ports_reached_everywhere,
     host_ports_reached_everywhere_nftables,
     nftables_check_del_stale_and_gc,
+    udp_flow_started_before_the_mapping,
+    udp_flow_started_before_the_mapping_nftables,
 );

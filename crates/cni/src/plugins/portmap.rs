@@ -23,8 +23,8 @@
 //! with `-`) or when the iptables tools are missing, iptables otherwise. DEL, CHECK and GC work on the backend of
 //! the configuration they are given.
 //!
-//! Not done: the reference's flush of UDP conntrack entries for the mapped ports after ADD (the reference only
-//! logs its failure).
+//! After ADD, the UDP conntrack entries to the mapped host ports are deleted (`kernel::conntrack`), as the
+//! reference does.
 
 use crate::error::CniError;
 use crate::plugin::Plugin;
@@ -154,8 +154,8 @@ pub enum BackendKind {
 trait Backend: Sync {
     /// Makes the forwarding of the pod address `net` (one family).
     fn forward(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError>;
-    /// Removes everything of the attachment, both families; nothing there is success.
-    fn unforward(&self, network: &str, cid: &str) -> Result<(), CniError>;
+    /// Removes everything of the attachment in `families`; nothing there is success.
+    fn unforward(&self, network: &str, cid: &str, families: &[Family]) -> Result<(), CniError>;
     /// Verifies the forwarding of `net`.
     fn check(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError>;
     /// Removes the attachments of `network` whose container `keep` rejects.
@@ -169,8 +169,8 @@ impl Backend for Iptables {
     fn forward(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
         forward(conf, network, cid, net)
     }
-    fn unforward(&self, network: &str, cid: &str) -> Result<(), CniError> {
-        unforward(network, cid)
+    fn unforward(&self, network: &str, cid: &str, families: &[Family]) -> Result<(), CniError> {
+        unforward(network, cid, families)
     }
     fn check(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
         check_iptables(conf, network, cid, net)
@@ -184,8 +184,8 @@ impl Backend for Nftables {
     fn forward(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
         nftables::forward(conf, network, cid, net)
     }
-    fn unforward(&self, network: &str, cid: &str) -> Result<(), CniError> {
-        nftables::unforward(network, cid)
+    fn unforward(&self, network: &str, cid: &str, families: &[Family]) -> Result<(), CniError> {
+        nftables::unforward(network, cid, families)
     }
     fn check(&self, conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
         nftables::check(conf, network, cid, net)
@@ -767,20 +767,20 @@ fn forward(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniE
     Err(last.map_or_else(|| CniError::internal(what.clone()), |e| run_err(&what, e)))
 }
 
-/// Removes the chains of (network, container) and every jump to them in both families. A family whose nat table
-/// cannot be read holds nothing of ours; both unreadable is the reference's error.
-fn unforward(network: &str, cid: &str) -> Result<(), CniError> {
+/// Removes the chains of (network, container) and every jump to them in `families`. A family whose nat table
+/// cannot be read holds nothing of ours; all unreadable is the reference's error.
+fn unforward(network: &str, cid: &str, families: &[Family]) -> Result<(), CniError> {
     let chains = [
         dnat_chain_name(network, cid),
         old_snat_chain_name(network, cid),
     ];
-    remove_chains(&chains)
+    remove_chains(&chains, families)
 }
 
-fn remove_chains(chains: &[String]) -> Result<(), CniError> {
+fn remove_chains(chains: &[String], families: &[Family]) -> Result<(), CniError> {
     let mut usable = 0;
     let mut errors = Vec::new();
-    for fam in Family::ALL {
+    for &fam in families {
         let what = format!("{} portmap teardown", fam_name(fam));
         let mut done = false;
         let mut last = None;
@@ -834,6 +834,30 @@ async fn enable_localnet(ip: IpAddr) -> Result<(), CniError> {
         .map_err(|e| CniError::internal(format!("unable to enable route_localnet: {e}")))
 }
 
+/// Deletes the UDP conntrack entries to the mapped host ports of `fam`: a flow that started before the mapping
+/// has an entry without DNAT and would keep bypassing it. As the reference, a failure does not fail the ADD
+/// (the mapping works for every new flow); it is reported on stderr, which the runtime logs.
+fn flush_udp_conntrack(conf: &Conf, fam: Family) {
+    let mut ports: Vec<u16> = conf
+        .mappings
+        .iter()
+        .filter(|m| m.proto == Proto::Udp && m.host_family.is_none_or(|f| f == fam))
+        .map(|m| m.host_port)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let f = match fam {
+        Family::V4 => kernel::conntrack::Family::V4,
+        Family::V6 => kernel::conntrack::Family::V6,
+    };
+    if let Err(e) = kernel::conntrack::delete_udp_to_ports(f, &ports) {
+        eprintln!(
+            "portmap: could not delete the {} UDP conntrack entries of ports {ports:?}: {e}",
+            fam_name(fam)
+        );
+    }
+}
+
 async fn add(args: &CmdArgs, conf: &NetConf) -> Result<CniResult, CniError> {
     let pm = Conf::from_conf(conf)?;
     let prev = conf
@@ -854,27 +878,43 @@ async fn add(args: &CmdArgs, conf: &NetConf) -> Result<CniResult, CniError> {
                 enable_localnet(net.addr()).await?;
             }
             backend.forward(&pm, &conf.name, &args.container_id, net)?;
+            flush_udp_conntrack(&pm, Family::of(&net));
         }
         Ok::<(), CniError>(())
     }
     .await;
     if let Err(e) = done {
         // Nothing half-made stays behind: one family may have been set up before the other failed.
-        let _ = backend.unforward(&conf.name, &args.container_id);
+        let _ = backend.unforward(&conf.name, &args.container_id, &Family::ALL);
         return Err(e);
     }
     Ok(out)
 }
 
-/// DEL: no mappings, nothing to do (as the reference); else the attachment's chains go in both families. Needs
-/// neither the namespace nor the previous result, so a DEL after the pod is gone, repeated, or after a failed
-/// ADD succeeds.
+/// DEL: no mappings, nothing to do (as the reference); else the attachment's rules go. Needs neither the
+/// namespace nor the previous result, so a DEL after the pod is gone, repeated, or after a failed ADD succeeds.
+/// A previous result that names the pod's addresses limits the work to their families (a DEL's removal is one
+/// transaction per family, and the other family's listing is a process saved); without one, both.
 fn del(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
     let pm = Conf::from_conf(conf)?;
     if pm.mappings.is_empty() {
         return Ok(());
     }
-    pm.backend.imp().unforward(&conf.name, &args.container_id)
+    let families: Vec<Family> = match conf.prev() {
+        Ok(Some(prev)) => {
+            let (v4, v6) = container_nets(&prev, &args.ifname);
+            [v4, v6].into_iter().flatten().map(|n| Family::of(&n)).collect()
+        }
+        _ => Vec::new(),
+    };
+    let families = if families.is_empty() {
+        Family::ALL.to_vec()
+    } else {
+        families
+    };
+    pm.backend
+        .imp()
+        .unforward(&conf.name, &args.container_id, &families)
 }
 
 fn check(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
@@ -953,7 +993,7 @@ fn gc_iptables(network: &str, keep: &dyn Fn(&str) -> bool) -> Result<(), CniErro
     if stale.is_empty() {
         return Ok(());
     }
-    remove_chains(&stale)
+    remove_chains(&stale, &Family::ALL)
 }
 
 #[cfg(test)]

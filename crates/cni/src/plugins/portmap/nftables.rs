@@ -1,24 +1,32 @@
-//! portmap's nftables backend (`backend: "nftables"`): the reference's tables and chains, with the per-mapping
-//! state in maps and sets instead of one rule per mapping, so a packet costs the same hash lookups whether the
-//! node has one hostPort or thousands.
+//! portmap's nftables backend (`backend: "nftables"`): the reference's table, with the per-mapping state in maps
+//! and sets instead of one rule per mapping, so a packet costs the same hash lookups whether the node has one
+//! hostPort or thousands, and an ADD adds elements only.
 //!
-//! Per family, table `ip|ip6 cni_hostport` (the reference's, `portmap_nftables.go`):
-//! * base chains `prerouting` and `output` (nat, priority dstnat): `fib daddr type local jump hostports_all`;
-//! * `hostports_all`: `jump hostip_hostports`, `jump hostports` (the reference's per-mapping rules, kept so that
-//!   rules a reference ADD made before an upgrade still work and are removed by our DEL), then our two lookups:
-//!   `dnat to ip daddr . meta l4proto . th dport map @hostip_dnat` (mappings with a `hostIP`) and
-//!   `dnat to meta l4proto . th dport map @port_dnat` (any local address);
-//! * base chain `mapped_masquerade` (nat, srcnat): `ct status dnat` connections masqueraded by
-//!   `ip saddr . ip daddr @masq_pairs` (hairpin: pod to itself; IPv4 also 127.0.0.1 to the pod) or, with
-//!   `masqAll`, `ip daddr @masq_any`. Only forwarded connections are masqueraded (`ct status dnat`), never other
-//!   traffic to the pod.
+//! Per family, table `ip|ip6 cni_hostport` (the reference's name, `portmap_nftables.go`), with chains of our own
+//! beside the reference's (which are neither made nor flushed here, so rules a reference ADD made before an
+//! upgrade keep working until our DEL of their container removes them):
+//! * base chains `hostport_prerouting` (nat prerouting, dstnat) and `hostport_output` (nat output, -100):
+//!   `fib daddr type local jump hostport_dnat`;
+//! * `hostport_dnat`: `jump hostport_conditions`, then `dnat to ip daddr . meta l4proto . th dport map
+//!   @hostip_dnat` (mappings with a `hostIP`) and `dnat to meta l4proto . th dport map @port_dnat` (any local
+//!   address);
+//! * base chain `hostport_masquerade` (nat postrouting, srcnat): connections that were DNATed (`ct status dnat`)
+//!   and are in `masq_pairs` (`saddr . daddr`: hairpin, the pod to itself; IPv4 also 127.0.0.1 to the pod) or,
+//!   with `masqAll`, whose destination is in `masq_any`. Never other traffic to the pod.
 //!
 //! Every element carries the comment `<container ID> <network>`, which DEL, CHECK and GC select by; DEL also
-//! removes rules whose comment is the bare container ID (what the reference's nftables backend writes).
-//! `conditionsV4/V6` cannot be keys of a map: an attachment with conditions gets the reference's per-mapping
-//! rules in `hostports` instead (`<conditions> [ip daddr H] tcp dport P dnat to C:p`), with our comment. The
-//! reference applies conditions to the shared `prerouting` rule, last writer winning for every pod; here they
-//! apply to the attachment that names them.
+//! removes rules whose comment is the bare container ID in the reference's `hostports`, `hostip_hostports` and
+//! `masquerading` (what the reference's nftables backend writes). `conditionsV4/V6` cannot be keys of a map: an
+//! attachment with conditions gets per-mapping rules in `hostport_conditions`
+//! (`<conditions> [ip daddr H] tcp dport P dnat to C:p`) with our comment. The reference applies conditions to
+//! its shared `prerouting` rule, where the last ADD wins for every pod; here they apply to the attachment that
+//! names them.
+//!
+//! Why the fixed chains are written only when a listing shows them missing or changed: a transaction that
+//! deletes anything (a `flush`) waits for an RCU grace period in the kernel, 10-20 ms here, which would be most
+//! of an ADD. An ADD is one `nft -f` of `create element` lines; only when it fails (the table is new, or an
+//! element is in the way) is the table listed and the fixed chains, the removals and the elements written in one
+//! transaction. CHECK reports fixed rules that are gone; the next ADD that lists the table repairs them.
 //!
 //! A hostPort belongs to at most one pod of a node (the kubelet's admission guarantees it), so an element of
 //! another container on the same key can only be stale (its pod gone without a DEL): ADD replaces it.
@@ -39,7 +47,19 @@ const PORT_DNAT: &str = "port_dnat";
 const MASQ_PAIRS: &str = "masq_pairs";
 const MASQ_ANY: &str = "masq_any";
 /// The chains whose rules may belong to an attachment (ours with conditions, or the reference's).
-const RULE_CHAINS: [&str; 3] = ["hostports", "hostip_hostports", "masquerading"];
+const RULE_CHAINS: [&str; 4] = [
+    "hostport_conditions",
+    "hostports",
+    "hostip_hostports",
+    "masquerading",
+];
+/// Our fixed chains and how many rules each holds.
+const FIXED: [(&str, usize); 4] = [
+    ("hostport_prerouting", 1),
+    ("hostport_output", 1),
+    ("hostport_dnat", 3),
+    ("hostport_masquerade", 2),
+];
 
 pub fn family(fam: Family) -> &'static str {
     fam.nft()
@@ -159,19 +179,19 @@ pub fn plan(conf: &Conf, net: IpNet) -> Plan {
 }
 
 /// The commands that make the table, its chains, maps and sets (each `add` a no-op when it exists) and rewrite
-/// the fixed rules, so that every ADD repairs them.
+/// the fixed chains' rules.
 fn skeleton(fam: Family) -> String {
     let (f, a, l3) = (family(fam), addr_type(fam), fam.nft());
     let t = format!("{f} {TABLE}");
     let mut s = format!("add table {t}\n");
-    for c in ["hostports", "hostip_hostports", "hostports_all"] {
+    for c in ["hostport_dnat", "hostport_conditions"] {
         s.push_str(&format!("add chain {t} {c}\n"));
     }
     for (c, hook, prio) in [
-        ("prerouting", "prerouting", "dstnat"),
+        ("hostport_prerouting", "prerouting", "dstnat"),
         // nft names the dstnat priority for prerouting only; -100 is the same value.
-        ("output", "output", "-100"),
-        ("mapped_masquerade", "postrouting", "srcnat"),
+        ("hostport_output", "output", "-100"),
+        ("hostport_masquerade", "postrouting", "srcnat"),
     ] {
         s.push_str(&format!(
             "add chain {t} {c} {{ type nat hook {hook} priority {prio} ; policy accept ; }}\n"
@@ -183,21 +203,20 @@ fn skeleton(fam: Family) -> String {
          add set {t} {MASQ_PAIRS} {{ type {a} . {a} ; }}\n\
          add set {t} {MASQ_ANY} {{ type {a} ; }}\n"
     ));
-    for c in ["prerouting", "output"] {
+    for c in ["hostport_prerouting", "hostport_output"] {
         s.push_str(&format!(
-            "flush chain {t} {c}\nadd rule {t} {c} fib daddr type local jump hostports_all\n"
+            "flush chain {t} {c}\nadd rule {t} {c} fib daddr type local jump hostport_dnat\n"
         ));
     }
     let l4 = "meta l4proto { tcp, udp, sctp }";
     s.push_str(&format!(
-        "flush chain {t} hostports_all\n\
-         add rule {t} hostports_all jump hostip_hostports\n\
-         add rule {t} hostports_all jump hostports\n\
-         add rule {t} hostports_all {l4} dnat to {l3} daddr . meta l4proto . th dport map @{HOSTIP_DNAT}\n\
-         add rule {t} hostports_all {l4} dnat to meta l4proto . th dport map @{PORT_DNAT}\n\
-         flush chain {t} mapped_masquerade\n\
-         add rule {t} mapped_masquerade ct status dnat {l3} saddr . {l3} daddr @{MASQ_PAIRS} masquerade\n\
-         add rule {t} mapped_masquerade ct status dnat {l3} daddr @{MASQ_ANY} masquerade\n"
+        "flush chain {t} hostport_dnat\n\
+         add rule {t} hostport_dnat jump hostport_conditions\n\
+         add rule {t} hostport_dnat {l4} dnat to {l3} daddr . meta l4proto . th dport map @{HOSTIP_DNAT}\n\
+         add rule {t} hostport_dnat {l4} dnat to meta l4proto . th dport map @{PORT_DNAT}\n\
+         flush chain {t} hostport_masquerade\n\
+         add rule {t} hostport_masquerade ct status dnat {l3} saddr . {l3} daddr @{MASQ_PAIRS} masquerade\n\
+         add rule {t} hostport_masquerade ct status dnat {l3} daddr @{MASQ_ANY} masquerade\n"
     ));
     s
 }
@@ -206,13 +225,14 @@ fn delete_elem(fam: Family, set: &str, key: &str) -> String {
     format!("delete element {} {TABLE} {set} {{ {key} }}\n", family(fam))
 }
 
-/// The ADD script: the skeleton, the removals `gone` (elements and rules of this attachment or stale ones on its
-/// keys, from a listing), then the attachment's elements and rules. Elements are `create`d: a key that is there
-/// already fails the transaction instead of keeping someone else's comment (an `add` of an existing key is a
-/// silent no-op), and the caller lists the table and replaces it.
-pub fn add_script(fam: Family, plan: &Plan, comment: &str, gone: &Removals) -> String {
+/// The ADD script: the skeleton when `fixed` (the listing showed it missing or changed), the removals `gone`
+/// (elements and rules of this attachment, or stale ones on its keys), then the attachment's elements and
+/// rules. Elements are `create`d: a key that is there already fails the transaction instead of keeping someone
+/// else's comment (an `add` of an existing key is a silent no-op), and the caller lists the table and replaces
+/// it.
+pub fn add_script(fam: Family, plan: &Plan, comment: &str, fixed: bool, gone: &Removals) -> String {
     let f = family(fam);
-    let mut s = skeleton(fam);
+    let mut s = if fixed { skeleton(fam) } else { String::new() };
     s.push_str(&gone.script(fam));
     for e in &plan.elems {
         let value = e
@@ -226,9 +246,8 @@ pub fn add_script(fam: Family, plan: &Plan, comment: &str, gone: &Removals) -> S
         ));
     }
     for r in &plan.rules {
-        // Before the reference's rules, which are appended.
         s.push_str(&format!(
-            "insert rule {f} {TABLE} hostports {r} comment \"{comment}\"\n"
+            "add rule {f} {TABLE} hostport_conditions {r} comment \"{comment}\"\n"
         ));
     }
     s
@@ -438,23 +457,26 @@ impl Listing {
         out
     }
 
-    /// What CHECK finds missing of `plan` (comment `ours`), empty if nothing.
-    pub fn missing(&self, plan: &Plan, ours: &str, snat: bool) -> Vec<String> {
+    /// Whether our fixed chains are all there with their rules.
+    pub fn fixed_intact(&self) -> bool {
+        self.fixed_missing().is_empty()
+    }
+
+    fn fixed_missing(&self) -> Vec<String> {
         let mut out = Vec::new();
-        for c in ["prerouting", "output", "hostports_all", "hostports"] {
-            if !self.chains.iter().any(|x| x == c) {
-                out.push(format!("chain {c}"));
-            }
-        }
-        let count = |chain: &str| self.rules.iter().filter(|r| r.chain == chain).count();
-        for (chain, want) in [("prerouting", 1), ("output", 1), ("hostports_all", 4)] {
-            if count(chain) < want {
+        for (chain, want) in FIXED {
+            if !self.chains.iter().any(|x| x == chain) {
+                out.push(format!("chain {chain}"));
+            } else if self.rules.iter().filter(|r| r.chain == chain).count() != want {
                 out.push(format!("the rules of chain {chain}"));
             }
         }
-        if snat && count("mapped_masquerade") < 2 {
-            out.push("the rules of chain mapped_masquerade".into());
-        }
+        out
+    }
+
+    /// What CHECK finds missing of `plan` (comment `ours`), empty if nothing.
+    pub fn missing(&self, plan: &Plan, ours: &str) -> Vec<String> {
+        let mut out = self.fixed_missing();
         for p in &plan.elems {
             let found = self.elems.iter().any(|e| {
                 e.set == p.set
@@ -474,11 +496,11 @@ impl Listing {
         let rules = self
             .rules
             .iter()
-            .filter(|r| r.chain == "hostports" && r.comment.as_deref() == Some(ours))
+            .filter(|r| r.chain == "hostport_conditions" && r.comment.as_deref() == Some(ours))
             .count();
         if rules < plan.rules.len() {
             out.push(format!(
-                "{} of {} conditioned rules in hostports",
+                "{} of {} conditioned rules in hostport_conditions",
                 plan.rules.len() - rules,
                 plan.rules.len()
             ));
@@ -510,10 +532,9 @@ fn fam_of(net: &IpNet) -> Family {
     Family::of(net)
 }
 
-/// ADD for one family. The common case is one `nft` call: the skeleton and the elements, with no listing. When
-/// that fails (an element on one of the keys: stale, or a leftover of an earlier ADD of this attachment) or the
-/// plan has rules (which an `insert` would duplicate), the table is listed and the removals go in the same
-/// transaction.
+/// ADD for one family: the `create element` lines alone first; when that fails, or the plan has rules (which a
+/// second ADD would duplicate), the table is listed and the fixed chains (if not intact), the removals and the
+/// elements go in one transaction.
 pub fn forward(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), CniError> {
     let fam = fam_of(&net);
     let plan = plan(conf, net);
@@ -521,17 +542,18 @@ pub fn forward(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), 
     let what = format!("{} portmap setup", family(fam));
     let mut last = None;
     if plan.rules.is_empty() {
-        match firewall::nft_apply(&add_script(fam, &plan, &ours, &Removals::default())) {
+        match firewall::nft_apply(&add_script(fam, &plan, &ours, false, &Removals::default())) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_missing() => return Err(run_err(&what, e)),
             Err(e) => last = Some(e),
         }
     }
     for _ in 0..ATTEMPTS {
-        let gone = list(fam)?
-            .map(|l| l.for_add(&plan, &ours, cid))
-            .unwrap_or_default();
-        match firewall::nft_apply(&add_script(fam, &plan, &ours, &gone)) {
+        let (fixed, gone) = match list(fam)? {
+            Some(l) => (!l.fixed_intact(), l.for_add(&plan, &ours, cid)),
+            None => (true, Removals::default()),
+        };
+        match firewall::nft_apply(&add_script(fam, &plan, &ours, fixed, &gone)) {
             Ok(()) => return Ok(()),
             Err(e) if e.is_missing() => return Err(run_err(&what, e)),
             Err(e) => last = Some(e),
@@ -542,9 +564,9 @@ pub fn forward(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), 
 
 /// Removes what `select` picks from the table of each family (retrying when a concurrent change made the
 /// transaction fail). A family without the table holds nothing.
-fn remove(select: impl Fn(&Listing) -> Removals) -> Result<(), CniError> {
+fn remove(families: &[Family], select: impl Fn(&Listing) -> Removals) -> Result<(), CniError> {
     let mut errors = Vec::new();
-    for fam in Family::ALL {
+    for &fam in families {
         let what = format!("{} portmap teardown", family(fam));
         let mut last = None;
         for _ in 0..ATTEMPTS {
@@ -579,10 +601,10 @@ fn remove(select: impl Fn(&Listing) -> Removals) -> Result<(), CniError> {
     }
 }
 
-/// DEL: the attachment's elements and rules in both families, and the reference's rules of the container.
-pub fn unforward(network: &str, cid: &str) -> Result<(), CniError> {
+/// DEL: the attachment's elements and rules in `families`, and the reference's rules of the container.
+pub fn unforward(network: &str, cid: &str, families: &[Family]) -> Result<(), CniError> {
     let ours = comment(network, cid);
-    remove(|l| l.of_attachment(&ours, cid))
+    remove(families, |l| l.of_attachment(&ours, cid))
 }
 
 /// CHECK for one family.
@@ -592,7 +614,7 @@ pub fn check(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), Cn
     let ours = comment(network, cid);
     let gone = match list(fam)? {
         None => vec![format!("table {} {TABLE}", family(fam))],
-        Some(l) => l.missing(&plan, &ours, conf.snat),
+        Some(l) => l.missing(&plan, &ours),
     };
     if gone.is_empty() {
         Ok(())
@@ -607,7 +629,7 @@ pub fn check(conf: &Conf, network: &str, cid: &str, net: IpNet) -> Result<(), Cn
 
 /// GC: the elements and rules of this network's containers that `keep` rejects.
 pub fn gc(network: &str, keep: impl Fn(&str) -> bool) -> Result<(), CniError> {
-    remove(|l| {
+    remove(&Family::ALL, |l| {
         let mut r = Removals::default();
         for cid in l.containers(network) {
             if !keep(&cid) {
@@ -691,10 +713,13 @@ mod tests {
                 "ip saddr 192.0.2.0/24 ip daddr 192.0.2.1 udp dport 53 dnat to 10.244.0.2:5353",
             ]
         );
-        let s = add_script(Family::V4, &p, "c1 n", &Removals::default());
+        let s = add_script(Family::V4, &p, "c1 n", false, &Removals::default());
         assert!(s.contains(
-            "insert rule ip cni_hostport hostports ip saddr 192.0.2.0/24 tcp dport 8080 dnat to 10.244.0.2:80 comment \"c1 n\"\n"
+            "add rule ip cni_hostport hostport_conditions ip saddr 192.0.2.0/24 tcp dport 8080 dnat to 10.244.0.2:80 comment \"c1 n\"\n"
         ));
+        assert!(!s.contains("flush"), "no skeleton unless asked: {s}");
+        let s = add_script(Family::V4, &p, "c1 n", true, &Removals::default());
+        assert!(s.starts_with("add table ip cni_hostport\n"), "{s}");
     }
 
     #[test]
@@ -764,13 +789,17 @@ mod tests {
             json!({}),
         );
         let p = plan(&c, "10.244.0.2/24".parse().unwrap());
-        let gone = l.missing(&p, "c1 n", true);
+        let gone = l.missing(&p, "c1 n");
         assert!(
             gone.iter()
                 .any(|g| g == "element { 127.0.0.1 . 10.244.0.2 } in masq_pairs"),
             "{gone:?}"
         );
-        assert!(gone.iter().any(|g| g == "chain prerouting"), "{gone:?}");
+        assert!(
+            gone.iter().any(|g| g == "chain hostport_prerouting"),
+            "{gone:?}"
+        );
+        assert!(!l.fixed_intact());
         assert!(!gone.iter().any(|g| g.contains("tcp . 8080")), "{gone:?}");
     }
 
