@@ -8,7 +8,9 @@
 //!    to. The figure the target is about is portmap's own ADD+DEL.
 //! 2. **New-connection rate.** Per backend two node namespaces, each with one pod serving TCP port 80 behind
 //!    hostPort 8080 and a client namespace on a veth: one node with no other mapping, one with `--mappings`
-//!    other attachments' mappings (one hostPort each, made by our portmap ADD). A client opens connections to
+//!    other attachments' mappings (one hostPort each, made by our portmap ADD before the measured one, so that in
+//!    the iptables layout a new connection walks all their entry rules before its own, as on a node where the
+//!    pod came last). A client opens connections to
 //!    the node's address for `--seconds` (each connection: connect, read the server's byte, reset), the four
 //!    nodes in alternating order each round. The iptables layout is the reference's, byte for byte (the portmap
 //!    tests compare it), so its figure is the reference's too.
@@ -150,6 +152,19 @@ fn reset_on_close(s: &TcpStream) {
     }
 }
 
+/// Blocks until `l` has a connection to accept, at most `ms` milliseconds.
+fn wait_readable(l: &TcpListener, ms: i32) {
+    let mut p = libc::pollfd {
+        fd: l.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe {
+        libc::poll(&mut p, 1, ms);
+    }
+}
+
 /// A node for the connection-rate part: node, pod and client namespaces, the pod attached with our flannel and
 /// portmap (hostPort 8080 → 80), `others` more mappings, and a server thread in the pod.
 struct RateNode {
@@ -216,15 +231,9 @@ impl RateNode {
             conf: Value::Null,
             ..main
         };
-        let maps = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
-        pm.call_with(
-            "ADD",
-            &format!("{tag}x0"),
-            0,
-            pod.path(),
-            &portmap_conf(Some(backend), maps, &prev),
-        )?;
-        // Other attachments: a synthetic result each (an address in another /16, the same pod namespace).
+        // Other attachments first, a synthetic result each (an address in another /16, the same pod namespace);
+        // the measured mapping last, so that in the iptables layout its entry rule comes after all of theirs (the
+        // reference appends), the case where a new connection walks them all.
         for j in 0..others {
             if crate::interrupt::interrupted() {
                 bail!("interrupted");
@@ -243,6 +252,14 @@ impl RateNode {
             )
             .with_context(|| format!("fill mapping {j}"))?;
         }
+        let maps = json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]);
+        pm.call_with(
+            "ADD",
+            &format!("{tag}x0"),
+            0,
+            pod.path(),
+            &portmap_conf(Some(backend), maps, &prev),
+        )?;
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let pod_ns = kernel::Netns::open(pod.path())?;
@@ -260,8 +277,10 @@ impl RateNode {
                             let _ = c.write_all(b"x");
                             reset_on_close(&c);
                         }
+                        // Wait for the next connection without spinning or sleeping past it; wake up every 100 ms
+                        // to see the stop flag.
                         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_micros(200));
+                            wait_readable(&l, 100)
                         }
                         Err(_) => {}
                     }

@@ -612,6 +612,57 @@ fn udp_flow_before_mapping(backend: Option<&str>) {
     }
 }
 
+/// Kills of portmap ADD in the SIGKILL test, per backend.
+const ADD_KILLS: usize = 15;
+
+/// ADD SIGKILLed at a random point of its run (before, during or after its iptables or nft transaction), then DEL as the
+/// runtime does after a failed ADD: nothing of the attachment is left, in iptables or nftables, wherever the
+/// kill landed.
+fn sigkill_during_add_then_del_leaves_nothing() {
+    require_root();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let mut jitter = Jitter::new();
+    for backend in ["iptables", "nftables"] {
+        // The kills spread over one whole ADD (its length measured here, whatever the build and the machine).
+        let probe = sb.att(0, &pod);
+        let conf = pm_conf(json!({"backend": backend}));
+        let out = exec_pm(&ours_pm(), &sb, "ADD", &probe, &conf);
+        assert!(out.ok(), "{backend}: ADD: {out:?}");
+        assert!(exec_pm(&ours_pm(), &sb, "DEL", &probe, &conf).ok());
+        let span = out.elapsed + out.elapsed / 4;
+        let mut killed = 0;
+        for i in 0..ADD_KILLS {
+            let mut att = sb.att(0, &pod);
+            att.container_id = format!("{}k{i}", att.container_id);
+            let conf = pm_conf(json!({"backend": backend}));
+            let mut child = spawn_plugin(
+                &ours_pm(),
+                Some(&sb.node.path()),
+                &rt.env_for("ADD", Some(&att)),
+                conf.to_string().as_bytes(),
+            );
+            std::thread::sleep(jitter.below(span));
+            let _ = child.kill();
+            if !child.wait().expect("wait").success() {
+                killed += 1;
+            }
+            let out = exec_pm(&ours_pm(), &sb, "DEL", &att, &conf);
+            assert!(out.ok(), "{backend} iteration {i}: DEL: {out:?}");
+            let chain = cni::plugins::portmap::dnat_chain_name("rtest", &att.container_id);
+            let t = nat(&sb.node.name);
+            assert!(!t.contains(&chain), "{backend} iteration {i}: {t}");
+            let n = nft_tables(&sb.node.name);
+            assert!(
+                !n.contains(att.container_id.as_str()),
+                "{backend} iteration {i}: {n}"
+            );
+        }
+        eprintln!("{backend}: {ADD_KILLS} ADDs, {killed} killed before finishing");
+    }
+}
+
 /// nft's view of one element key in a set or map of `cni_hostport` (`nft get element`): its line, if it is there.
 fn nft_get(ns: &str, fam: &str, set: &str, key: &str) -> Option<String> {
     let o = Command::new("ip")
@@ -794,4 +845,5 @@ testkit::main!(
     nftables_check_del_stale_and_gc,
     udp_flow_started_before_the_mapping,
     udp_flow_started_before_the_mapping_nftables,
+    sigkill_during_add_then_del_leaves_nothing,
 );

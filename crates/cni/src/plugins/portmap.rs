@@ -903,7 +903,11 @@ fn del(args: &CmdArgs, conf: &NetConf) -> Result<(), CniError> {
     let families: Vec<Family> = match conf.prev() {
         Ok(Some(prev)) => {
             let (v4, v6) = container_nets(&prev, &args.ifname);
-            [v4, v6].into_iter().flatten().map(|n| Family::of(&n)).collect()
+            [v4, v6]
+                .into_iter()
+                .flatten()
+                .map(|n| Family::of(&n))
+                .collect()
         }
         _ => Vec::new(),
     };
