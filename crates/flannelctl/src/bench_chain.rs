@@ -10,7 +10,11 @@
 //!    hostPort 8080 and a client namespace on a veth: one node with no other mapping, one with `--mappings`
 //!    other attachments' mappings (one hostPort each, made by our portmap ADD before the measured one, so that in
 //!    the iptables layout a new connection walks all their entry rules before its own, as on a node where the
-//!    pod came last). A client opens connections to
+//!    pod came last).
+//! 3. **Shaped rate.** A node and a pod attached with our flannel, then our bandwidth with `ingressRate` and
+//!    `egressRate` R (burst R/80, at least 200 kB: the average, not the burst, is measured); iperf3 TCP goodput
+//!    from the node to the pod and back for `--seconds` + 1 (the first second omitted), at 10 and 100 Mbit/s.
+//!    Target: within ±10 % of R (goodput counts no headers, ~4 % of a 1450-byte packet). A client opens connections to
 //!    the node's address for `--seconds` (each connection: connect, read the server's byte, reset), the four
 //!    nodes in alternating order each round. The iptables layout is the reference's, byte for byte (the portmap
 //!    tests compare it), so its figure is the reference's too.
@@ -346,6 +350,94 @@ impl Drop for RateNode {
     }
 }
 
+/// The shaped-rate part: measured goodput / configured rate for each (rate, direction).
+fn shaped(tag: &str, dir: &Path, ours: &Path, secs: f64) -> Result<Vec<Value>> {
+    if !Path::new("/sys/module/ifb").exists() {
+        // numifbs=0: loading the module must not make ifb0/ifb1 in the machine's namespace.
+        let _ = std::process::Command::new("modprobe")
+            .args(["ifb", "numifbs=0"])
+            .status();
+    }
+    crate::bench_net::need("iperf3", "iperf3")?;
+    let mut out = Vec::new();
+    for (k, mbit) in [10u64, 100].into_iter().enumerate() {
+        let node = NamedNetns::create(&format!("{tag}{k}n"))?;
+        let pod = NamedNetns::create(&format!("{tag}{k}p"))?;
+        let d = dir.join(format!("bw{k}"));
+        std::fs::create_dir_all(&d)?;
+        std::fs::write(
+            d.join("subnet.env"),
+            format!("FLANNEL_NETWORK={CLUSTER_NETWORK}\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU={MTU}\nFLANNEL_IPMASQ=true\n"),
+        )?;
+        let main = Exec {
+            bin: ours.join("flannel"),
+            cni_path: ours.display().to_string(),
+            node: Arc::new(File::open(node.path())?),
+            conf: flannel_conf(&d),
+            id_prefix: format!("{tag}{k}c"),
+        };
+        let (_, r) = main.call("ADD", 0, pod.path(), None)?;
+        let prev = parse(&r, "flannel ADD")?;
+        let rate = mbit * 1_000_000;
+        let burst = (rate / 80).max(200_000);
+        let conf = json!({"cniVersion": CNI_VERSION, "name": NETWORK, "type": "bandwidth",
+            "ingressRate": rate, "ingressBurst": burst, "egressRate": rate, "egressBurst": burst,
+            "prevResult": prev});
+        let bw = Exec {
+            bin: ours.join("bandwidth"),
+            conf: Value::Null,
+            ..main
+        };
+        bw.call_with("ADD", &format!("{tag}{k}c0"), 0, pod.path(), &conf)
+            .context("bandwidth ADD")?;
+        let ip = prev["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .context("no pod address in flannel's result")?
+            .to_string();
+        let pod_name = format!("{tag}{k}p");
+        let node_name = format!("{tag}{k}n");
+        for reverse in [false, true] {
+            let mut srv = command_in(&pod_name, "iperf3")?;
+            srv.args(["-s", "-1", "-p", "5201"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let mut srv = srv.spawn().context("start iperf3 -s")?;
+            std::thread::sleep(Duration::from_millis(300));
+            let t = format!("{}", (secs.ceil() as u64).max(1) + 1);
+            let mut c = command_in(&node_name, "iperf3")?;
+            c.args([
+                "-J",
+                "-t",
+                &t,
+                "-O",
+                "1",
+                "--connect-timeout",
+                "5000",
+                "-c",
+                &ip,
+                "-p",
+                "5201",
+            ]);
+            if reverse {
+                c.arg("-R");
+            }
+            let res = crate::bench_net::run_bounded(&mut c, Duration::from_secs_f64(secs + 20.0));
+            let _ = srv.kill();
+            let _ = srv.wait();
+            let o = res?;
+            let v: Value = serde_json::from_slice(&o.stdout).context("iperf3 -J output")?;
+            let got = v
+                .pointer("/end/sum_received/bits_per_second")
+                .and_then(Value::as_f64)
+                .with_context(|| format!("no rate in iperf3's output: {v}"))?;
+            out.push(json!({"mbit": mbit, "direction": if reverse { "egress (from the pod)" } else { "ingress (to the pod)" },
+                "measured_bps": round3(got), "ratio": round3(got / rate as f64)}));
+        }
+    }
+    Ok(out)
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -484,6 +576,10 @@ pub fn run(o: &Options) -> Result<i32> {
         }
     }
     drop(nodes);
+    if !o.json {
+        eprintln!("measuring the shaped rates");
+    }
+    let shaping = shaped(&format!("fw{pid}"), &tmp.path, &o.ours, o.seconds)?;
 
     let pm_sum = |t: &Times| stats(&t.pm_add).p50 + stats(&t.pm_del).p50;
     let reference = pm_sum(&times[0]);
@@ -515,7 +611,8 @@ pub fn run(o: &Options) -> Result<i32> {
         })
         .collect();
     let out = json!({"pods": o.pods, "rounds": o.rounds, "latency": lat, "connection_rate": rate_json,
-        "targets": {"portmap_add_del_speedup": 5.0, "conn_rate_ratio": 0.95}});
+        "shaping": shaping,
+        "targets": {"portmap_add_del_speedup": 5.0, "conn_rate_ratio": 0.95, "shaped_ratio": [0.9, 1.1]}});
     if o.json {
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
@@ -591,4 +688,19 @@ fn print_table(o: &Options, out: &Value) {
         "target: the rate with {} other mappings >= 0.95× the rate with none",
         o.mappings
     );
+    println!();
+    println!(
+        "bandwidth (ours), TCP goodput over {} s:",
+        o.seconds.ceil().max(1.0)
+    );
+    for b in out["shaping"].as_array().into_iter().flatten() {
+        println!(
+            "  {:>4} Mbit/s {:<22} {:>12.0} bit/s  {:.3}×",
+            f(b, "/mbit"),
+            b["direction"].as_str().unwrap_or(""),
+            f(b, "/measured_bps"),
+            f(b, "/ratio")
+        );
+    }
+    println!("target: within 0.9-1.1× of the configured rate");
 }

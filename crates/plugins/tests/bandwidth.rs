@@ -133,8 +133,6 @@ fn iperf(node: &str, pod: &str, pod_ip: &str, reverse: bool) -> f64 {
         "1",
         "--connect-timeout",
         "5000",
-        "--rcv-timeout",
-        "10000",
         "-c",
         pod_ip,
         "-p",
@@ -457,9 +455,70 @@ fn bad_input() {
         .unwrap_or_else(|o| panic!("bridge DEL: {o:?}"));
 }
 
+/// Kills of bandwidth ADD in the SIGKILL test.
+const ADD_KILLS: usize = 15;
+
+/// bandwidth ADD SIGKILLed at a random point of its run (before the ifb, between the ifb and its qdiscs, after),
+/// then DEL as the runtime does after a failed ADD: no ifb is left, wherever the kill landed.
+fn sigkill_during_add_then_del_leaves_no_ifb() {
+    require_root_and_ifb();
+    let sb = Sandbox::new();
+    let pod = sb.pod(0);
+    let rt = sb.runtime(&Impl::ours());
+    let net = chain(
+        &sb,
+        json!({"type": "bandwidth", "ingressRate": 8_000_000, "ingressBurst": 800_000,
+               "egressRate": 8_000_000, "egressBurst": 800_000}),
+    );
+    // One ADD run to its end: its length spreads the kills over a whole ADD, whatever the build and machine.
+    let probe = sb.att(0, &pod);
+    let prev = rt
+        .add(&first(&net), &probe)
+        .unwrap_or_else(|o| panic!("bridge ADD: {o:?}"));
+    let conf = net.plugin_conf(1, Some(&prev));
+    let out = exec_bw(&ours_bw(), &sb, &rt, "ADD", &probe, &conf);
+    assert!(out.ok(), "ADD: {out:?}");
+    let span = out.elapsed + out.elapsed / 4;
+    assert!(exec_bw(&ours_bw(), &sb, &rt, "DEL", &probe, &conf).ok());
+    rt.del(&first(&net), &probe, Some(&prev))
+        .unwrap_or_else(|o| panic!("bridge DEL: {o:?}"));
+    let mut jitter = Jitter::new();
+    let mut killed = 0;
+    for i in 0..ADD_KILLS {
+        let mut att = sb.att(0, &pod);
+        att.container_id = format!("{}k{i}", att.container_id);
+        let prev = rt
+            .add(&first(&net), &att)
+            .unwrap_or_else(|o| panic!("iteration {i}: bridge ADD: {o:?}"));
+        let conf = net.plugin_conf(1, Some(&prev));
+        let mut child = spawn_plugin(
+            &ours_bw(),
+            Some(&sb.node.path()),
+            &rt.env_for("ADD", Some(&att)),
+            conf.to_string().as_bytes(),
+        );
+        std::thread::sleep(jitter.below(span));
+        let _ = child.kill();
+        if !child.wait().expect("wait").success() {
+            killed += 1;
+        }
+        let out = exec_bw(&ours_bw(), &sb, &rt, "DEL", &att, &conf);
+        assert!(out.ok(), "iteration {i}: DEL: {out:?}");
+        assert!(
+            ifbs(&sb.node.name).is_empty(),
+            "iteration {i}: ifb left: {:?}",
+            ifbs(&sb.node.name)
+        );
+        rt.del(&first(&net), &att, Some(&prev))
+            .unwrap_or_else(|o| panic!("iteration {i}: bridge DEL: {o:?}"));
+    }
+    eprintln!("{ADD_KILLS} ADDs, {killed} killed before finishing");
+}
+
 testkit::main!(
     same_qdiscs_as_reference,
     del_check_and_cleanup,
     bad_input,
     shapes_both_directions,
+    sigkill_during_add_then_del_leaves_no_ifb,
 );

@@ -50,14 +50,20 @@ struct Server {
 
 impl Server {
     fn start(ns: &str, port: u16, answer: &str) -> Self {
+        Self::start_on(ns, "0.0.0.0", port, answer)
+    }
+
+    /// A server bound to `host` (`0.0.0.0`, or `[::]` for both families).
+    fn start_on(ns: &str, host: &str, port: u16, answer: &str) -> Self {
         let path = format!("/run/netns/{ns}");
+        let bind: SocketAddr = format!("{host}:{port}").parse().expect("address");
         let stop = Arc::new(AtomicBool::new(false));
         let (tx, rx) = std::sync::mpsc::channel();
         let (s, answer) = (stop.clone(), answer.to_string());
         let thread = std::thread::spawn(move || {
             let fd = File::open(&path).expect("open netns");
             nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let l = TcpListener::bind(("0.0.0.0", port)).expect("bind");
+            let l = TcpListener::bind(bind).expect("bind");
             l.set_nonblocking(true).expect("nonblocking");
             let _ = tx.send(());
             while !s.load(Ordering::Relaxed) {
@@ -310,6 +316,101 @@ fn host_ports_reached(backend: Option<&str>) {
         "CNI-HOSTPORT-MASQ",
     ] {
         assert!(after.contains(&format!(":{c} -")), "{c} kept: {after}");
+    }
+}
+
+/// The same LAN namespace with IPv6 too: node fd00:77::1/64, client fd00:77::2/64 (no DAD: the test should not
+/// wait for it).
+fn lan6(sb: &Sandbox) -> Netns {
+    let client = lan(sb);
+    let (l, r) = (format!("{}l", sb.id), format!("{}r", sb.id));
+    ip(
+        &sb.node.name,
+        &["addr", "add", "fd00:77::1/64", "dev", &l, "nodad"],
+    );
+    ip(
+        &client.name,
+        &["addr", "add", "fd00:77::2/64", "dev", &r, "nodad"],
+    );
+    client
+}
+
+/// What a TCP connection from `ns` to `addr` reads, retried for a few seconds: an IPv6 pod address may still be
+/// tentative (DAD) right after ADD.
+fn fetch_within(ns: &str, addr: &str) -> Option<String> {
+    for _ in 0..50 {
+        if let Some(got) = fetch(ns, addr) {
+            return Some(got);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
+}
+
+/// IPv6 hostPorts, dual-stack flannel (upstream's conflist with FLANNEL_IPV6_SUBNET), both backends: the pod's
+/// port reached over IPv6 from the LAN namespace via the node's IPv6 address, from the node itself, and by the pod
+/// itself (hairpin); IPv4 still works beside it; DEL leaves no rule or element in either family.
+fn ipv6_host_ports() {
+    for backend in [None, Some("nftables")] {
+        require_root();
+        let sb = Sandbox::new();
+        std::fs::write(
+            sb.path("subnet.env"),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\n\
+             FLANNEL_IPV6_NETWORK=fd00:244::/56\nFLANNEL_IPV6_SUBNET=fd00:244:0:1::1/64\n\
+             FLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+        )
+        .expect("write subnet.env");
+        let mut pm = json!({"type": "portmap", "capabilities": {"portMappings": true}});
+        if let Some(b) = backend {
+            pm["backend"] = json!(b);
+        }
+        let net = Net::new("cbr0", "1.0.0", vec![flannel_conf(&sb), pm]);
+        let rt = sb.runtime(&Impl::ours());
+        let client = lan6(&sb);
+        let pod = sb.pod(0);
+        let att = sb.att(0, &pod);
+        let maps = rc(json!([{"hostPort": 8080, "containerPort": 80, "protocol": "tcp"}]));
+        let r = rt
+            .add_rc(&net, &att, &maps)
+            .unwrap_or_else(|o| panic!("{backend:?}: ADD: {o:?}"));
+        let has_v6 = r["ips"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|i| i["address"].as_str().is_some_and(|s| s.contains(':')))
+        });
+        assert!(has_v6, "{backend:?}: no IPv6 address in {r}");
+        // The server answers on both families.
+        let _server = Server::start_on(&pod.name, "[::]", 80, "pod6");
+        let want = Some("pod6".to_string());
+        for (who, ns, addr) in [
+            (
+                "client via the node's IPv6 address",
+                &client.name,
+                "[fd00:77::1]:8080",
+            ),
+            (
+                "the node via its IPv6 address",
+                &sb.node.name,
+                "[fd00:77::1]:8080",
+            ),
+            ("the pod itself (hairpin)", &pod.name, "[fd00:77::1]:8080"),
+            (
+                "client via the node's IPv4 address",
+                &client.name,
+                "192.168.77.1:8080",
+            ),
+        ] {
+            assert_eq!(fetch_within(ns, addr), want, "{backend:?}: {who} → {addr}");
+        }
+        rt.del_rc(&net, &att, &maps, Some(&r))
+            .unwrap_or_else(|o| panic!("{backend:?}: DEL: {o:?}"));
+        let t = nat(&sb.node.name);
+        assert!(
+            !t.contains("CNI-DN-") && !t.contains("dnat name"),
+            "{backend:?}: {t}"
+        );
+        let n = nft_tables(&sb.node.name);
+        assert!(!n.contains(att.container_id.as_str()), "{backend:?}: {n}");
     }
 }
 
@@ -846,4 +947,5 @@ testkit::main!(
     udp_flow_started_before_the_mapping,
     udp_flow_started_before_the_mapping_nftables,
     sigkill_during_add_then_del_leaves_nothing,
+    ipv6_host_ports,
 );
