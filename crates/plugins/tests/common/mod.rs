@@ -457,6 +457,21 @@ pub fn exec_plugin(bin: &Path, node: Option<&str>, env: &Env, stdin: &[u8]) -> O
     }
 }
 
+/// Starts a plugin like [`exec_plugin`] and SIGKILLs it after `after` (the SIGKILL-at-any-point tests); whether
+/// the kill landed before the plugin finished.
+pub fn exec_plugin_killed(
+    bin: &Path,
+    node: Option<&str>,
+    env: &Env,
+    stdin: &[u8],
+    after: Duration,
+) -> bool {
+    let mut child = spawn_plugin(bin, node, env, stdin);
+    std::thread::sleep(after);
+    let _ = child.kill();
+    !child.wait().expect("wait for plugin").success()
+}
+
 /// Runs a plugin like [`exec_plugin`] but gives up after `limit`: the plugin is killed and `None` returned. For
 /// inputs that must not make a plugin block; the limit only keeps a regression from hanging the suite and is far
 /// above any real answer time (this is no latency assertion).
