@@ -1,6 +1,8 @@
-//! CNI spec library and the flannel-rs CNI plugins (flannel, bridge, host-local, loopback, tuning, bandwidth).
+//! CNI spec library and the flannel-rs CNI plugins (flannel, bridge, host-local, loopback, tuning, bandwidth,
+//! portmap).
 
 pub mod args;
+pub mod attach;
 pub mod conflist;
 pub mod error;
 pub mod identity;

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 use crate::netlink::{is_errno, Netlink};
 use futures::TryStreamExt;
 use ipnet::IpNet;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use std::net::IpAddr;
 
 /// An address on a link, with the raw message kept for deletion.
@@ -17,6 +17,18 @@ pub struct Address {
     /// Scope (0 global, 253 link, 254 host).
     pub scope: u8,
     msg: AddressMessage,
+}
+
+impl Address {
+    /// Still being checked for duplicates (IPv6 DAD): the kernel refuses it as a route's source meanwhile.
+    pub fn tentative(&self) -> bool {
+        self.flags() & AddressFlags::Tentative.bits() != 0
+    }
+
+    /// Duplicate address detection found another node with it.
+    pub fn dad_failed(&self) -> bool {
+        self.flags() & AddressFlags::Dadfailed.bits() != 0
+    }
 }
 
 impl Netlink {

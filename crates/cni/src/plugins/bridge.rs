@@ -6,9 +6,10 @@
 //! a new bridge gets a fixed MAC at creation instead of being re-pinned on every ADD; no sleep waiting for the port
 //! to come up (it is up at creation and the bridge has no STP); a failed ADD removes what it made.
 
-use crate::error::{CniError, Failures, ERR_INVALID_ENV, ERR_UNKNOWN_CONTAINER};
+use crate::attach;
+use crate::error::{CniError, Failures, ERR_UNKNOWN_CONTAINER};
 use crate::plugin::{Ctx, Plugin};
-use crate::skel::{CmdArgs, Command};
+use crate::skel::CmdArgs;
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
 use ipnet::IpNet;
 use kernel::{ipmasq, spoofcheck};
@@ -169,7 +170,7 @@ impl BridgeConf {
             ));
         }
         kernel_ifname(&c.bridge, "bridge")?;
-        c.ipam_type = ipam_type(conf)?;
+        c.ipam_type = attach::ipam_type(conf)?;
         if let Some(b) = &c.ip_masq_backend {
             if ipmasq::MasqBackend::parse(b).is_none() {
                 return Err(CniError::config(format!(
@@ -186,29 +187,6 @@ fn kernel_ifname(name: &str, key: &str) -> Result<(), CniError> {
         None => Ok(()),
         Some(p) => Err(CniError::config(format!(
             "invalid {key} name \"{name}\": {p}"
-        ))),
-    }
-}
-
-/// The IPAM plugin to delegate to, from `ipam`: an object whose `type` is a string. Absent, `null`, `{}` or an
-/// empty type mean none (a layer-2 attachment), as in the reference; anything else is a configuration error
-/// rather than an attachment silently left without addresses.
-fn ipam_type(conf: &NetConf) -> Result<Option<String>, CniError> {
-    let ipam = match &conf.ipam {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::Object(m)) => m,
-        Some(v) => {
-            return Err(CniError::config(format!(
-                "invalid bridge configuration: ipam must be an object, got {v}"
-            )))
-        }
-    };
-    match ipam.get("type") {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(t)) if t.is_empty() => Ok(None),
-        Some(Value::String(t)) => Ok(Some(t.clone())),
-        Some(v) => Err(CniError::config(format!(
-            "invalid bridge configuration: ipam.type must be a string, got {v}"
         ))),
     }
 }
@@ -244,19 +222,6 @@ fn mac_arg(args: &CmdArgs, conf: &NetConf) -> Result<Option<Mac>, CniError> {
             .map(Some)
             .ok_or_else(|| CniError::config(format!("invalid MAC address \"{s}\""))),
     }
-}
-
-fn open_netns(path: &str) -> Result<Netns, CniError> {
-    Netns::open(path).map_err(|e| CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}")))
-}
-
-fn host_veth_name() -> Result<String, CniError> {
-    let mut b = [0u8; 4];
-    getrandom::fill(&mut b).map_err(|e| CniError::internal(format!("random veth name: {e}")))?;
-    Ok(format!(
-        "veth{:02x}{:02x}{:02x}{:02x}",
-        b[0], b[1], b[2], b[3]
-    ))
 }
 
 /// The bridge plugin's row of the plugin table. Every verb parses the bridge settings first (a bad one is a
@@ -317,7 +282,7 @@ async fn add(
     conf: &NetConf,
     bc: &BridgeConf,
 ) -> Result<CniResult, CniError> {
-    let ns = open_netns(&args.netns)?;
+    let ns = attach::open_netns(&args.netns)?;
     let mac = mac_arg(args, conf)?;
     let host = Netlink::current()?;
     let pod = Netlink::in_netns(&ns)?;
@@ -348,14 +313,7 @@ async fn add(
                 f.step("veth", r.await.map_err(CniError::from));
             }
             if let Some(t) = undo.ipam {
-                let del = CmdArgs {
-                    command: Command::Del,
-                    ..args.clone()
-                };
-                f.step(
-                    format!("IPAM ({t})"),
-                    ctx.delegate(&t, &del, args.stdin.clone()).await,
-                );
+                f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, &t).await);
             }
             if bc.ip_masq {
                 f.step(
@@ -398,19 +356,13 @@ async fn add_inner(
     };
     if let Some(t) = &bc.ipam_type {
         undo.ipam = Some(t.clone());
-        let r = ctx
-            .delegate(t, args, args.stdin.clone())
-            .await?
-            .ok_or_else(|| CniError::internal(format!("IPAM plugin {t} returned no result")))?;
-        if r.ips.is_empty() {
-            return Err(CniError::internal("IPAM plugin returned missing IP config"));
-        }
+        let r = attach::ipam_add(ctx, args, t).await?;
         result.ips = r.ips;
         result.routes = r.routes;
         result.dns = r.dns;
     }
 
-    let host_name = host_veth_name()?;
+    let host_name = attach::host_veth_name()?;
     undo.host_veth = Some(host_name.clone());
     host.create_veth(&kernel::link::VethSpec {
         host_name: &host_name,
@@ -493,44 +445,7 @@ async fn add_inner(
         }
     }
 
-    // Pod side: sysctls (per-namespace, so on a thread inside the pod namespace), addresses, routes.
-    let ifname = args.ifname.clone();
-    let enabledad = bc.enabledad;
-    ns.run(move || -> Result<(), kernel::Error> {
-        if has_v6 {
-            let _ = sysctl::set(&["net", "ipv6", "conf", "lo", "disable_ipv6"], "0");
-            let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "disable_ipv6"], "0");
-            let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "keep_addr_on_down"], "1");
-            if enabledad {
-                let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "enhanced_dad"], "1");
-                let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "accept_dad"], "1");
-            } else {
-                let _ = sysctl::set(&["net", "ipv6", "conf", &ifname, "accept_dad"], "0");
-            }
-        }
-        sysctl::set(&["net", "ipv4", "conf", &ifname, "arp_notify"], "1")
-    })??;
-    for ip in &result.ips {
-        pod.add_address(cv.index, ip.address).await?;
-    }
-    pod.set_up(cv.index).await?;
-    for r in &result.routes {
-        let gw = r.gw.or_else(|| {
-            result
-                .ips
-                .iter()
-                .find(|i| i.address.addr().is_ipv6() == r.dst.addr().is_ipv6())
-                .and_then(|i| i.gateway)
-        });
-        let mut kr = kernel::route::Route::new(r.dst).dev(cv.index);
-        kr.gateway = gw;
-        kr.priority = r.priority;
-        kr.table = r.table;
-        if let Some(s) = r.scope {
-            kr.scope = s;
-        }
-        pod.add_route(&kr, false).await?;
-    }
+    attach::configure_iface(ns, pod, cv.index, &args.ifname, &result, bc.enabledad).await?;
 
     let mut vlan_if: Option<Link> = None;
     if bc.is_gateway {
@@ -646,7 +561,7 @@ async fn ensure_vlan_interface(
         return Ok(l);
     }
     let here = Netns::current()?;
-    let port = host_veth_name()?;
+    let port = attach::host_veth_name()?;
     match host
         .create_veth(&kernel::link::VethSpec {
             host_name: &port,
@@ -749,12 +664,15 @@ async fn del(
     conf: &NetConf,
     bc: &BridgeConf,
 ) -> Result<(), CniError> {
-    let ns = del_netns(&args.netns)?;
+    let ns = attach::del_netns(&args.netns)?;
     // Every step runs whatever happened to the others, so one failure leaves as little as possible behind for
     // the runtime's retry; each step is idempotent.
     let mut f = Failures::new();
     if let Some(ns) = &ns {
-        f.step("pod interface", remove_pod_links(ns, &args.ifname).await);
+        f.step(
+            "pod interface",
+            attach::remove_pod_links(ns, &args.ifname).await,
+        );
     }
     if let Some(t) = &bc.ipam_type {
         f.step(
@@ -777,82 +695,6 @@ async fn del(
         );
     }
     f.finish("DEL")
-}
-
-/// The pod namespace of a DEL: `None` when CNI_NETNS is empty or the namespace is already gone (it took its
-/// interfaces with it; the IP and rules are still to be freed). A CNI_NETNS that is not a namespace is a bad
-/// request, refused before anything is released: the interface may still be up with its address in a namespace
-/// we were not shown.
-pub(crate) fn del_netns(netns: &str) -> Result<Option<Netns>, CniError> {
-    if netns.is_empty() {
-        return Ok(None);
-    }
-    match Netns::open(netns) {
-        Ok(ns) => Ok(Some(ns)),
-        Err(kernel::Error::NotFound(_)) => Ok(None),
-        Err(e) => Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
-    }
-}
-
-/// Prefix of the name a pod interface gets on DEL while its deletion is under way ([`remove_pod_link`]).
-const TOMB_PREFIX: &str = "cnidel";
-
-/// Removes the attachment's interface `ifname` from the pod namespace, and any interface a killed DEL left
-/// renamed out of the way (nothing else in the pod is named so: the tombstone prefix is ours, and a link
-/// carrying it was already condemned by the DEL that renamed it). One dump gives both, as one lookup by name
-/// would cost the same.
-pub(crate) async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
-    let pod = Netlink::in_netns(ns)?;
-    let mut f = Failures::new();
-    for l in pod.links().await? {
-        if l.name == ifname {
-            f.step(ifname, remove_attachment_link(ns, &pod, &l).await);
-        } else if l.name.starts_with(TOMB_PREFIX) && l.kind.as_deref() == Some("veth") {
-            // Synchronously: this is the retry of a DEL that was killed, not the common path.
-            f.step(
-                l.name.clone(),
-                pod.delete_link(l.index).await.map_err(CniError::from),
-            );
-        }
-    }
-    f.into_result()
-}
-
-async fn remove_attachment_link(ns: &Netns, pod: &Netlink, l: &Link) -> Result<(), CniError> {
-    if l.loopback {
-        return Err(CniError::new(
-            ERR_INVALID_ENV,
-            format!(
-                "CNI_IFNAME {}: that is the pod's loopback interface, which bridge neither makes nor deletes",
-                l.name
-            ),
-        ));
-    }
-    if l.kind.is_none() {
-        // A physical device (moved in by another plugin): the kernel cannot delete it, and renaming it out of
-        // the way would only break it.
-        return Err(CniError::internal(format!(
-            "{} in {} is not a virtual interface; bridge did not make it and cannot delete it",
-            l.name,
-            ns.path().display()
-        )));
-    }
-    remove_pod_link(ns, pod, l.index).await
-}
-
-/// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free
-/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process. Killed after the
-/// rename, the retried DEL recognises the link by its tombstone prefix ([`remove_pod_links`]).
-async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
-    pod.set_down(index).await?;
-    let tomb = host_veth_name()?.replacen("veth", TOMB_PREFIX, 1);
-    if pod.rename(index, &tomb).await.is_ok()
-        && kernel::link::delete_link_detached(ns, index).is_ok()
-    {
-        return Ok(());
-    }
-    pod.delete_link(index).await?;
-    Ok(())
 }
 
 async fn check(

@@ -7,7 +7,7 @@ use crate::error::{
     ERR_NOT_AVAILABLE, ERR_TRY_AGAIN_LATER, ERR_UNSUPPORTED_FIELD,
 };
 use crate::plugin::{Ctx, Plugin};
-use crate::plugins::{bridge, host_local};
+use crate::plugins::host_local;
 use crate::skel::{CmdArgs, Outcome};
 use crate::subnet_env::SubnetEnv;
 use crate::types::NetConf;
@@ -299,12 +299,12 @@ async fn teardown(
     fc: &FlannelConf,
     cached: Option<&Map<String, Value>>,
 ) -> Result<(), CniError> {
-    let ns = bridge::del_netns(&args.netns)?;
+    let ns = crate::attach::del_netns(&args.netns)?;
     let mut f = Failures::new();
     if let Some(ns) = &ns {
         f.step(
             "pod interface",
-            bridge::remove_pod_links(ns, &args.ifname).await,
+            crate::attach::remove_pod_links(ns, &args.ifname).await,
         );
     }
     let ipam = teardown_ipam(fc, cached);

@@ -1,0 +1,236 @@
+//! Steps every main plugin (bridge, ptp, macvlan, ...) takes the same way, written once: which IPAM plugin the
+//! configuration names, the IPAM call and its undo, the pod namespace of an ADD and of a DEL, the host veth name,
+//! configuring the pod's interface from an IPAM result (the reference's `ipam.ConfigureIface`), and removing the
+//! attachment's interface from the pod on DEL.
+
+use crate::error::{CniError, Failures, ERR_INVALID_ENV};
+use crate::plugin::Ctx;
+use crate::skel::{CmdArgs, Command};
+use crate::types::{CniResult, NetConf};
+use kernel::{sysctl, Link, Netlink, Netns};
+use serde_json::Value;
+
+/// IPAM ADD with the plugin of type `ipam`, given the caller's configuration: its result, which must hold at
+/// least one address. On a later failure the caller undoes it with [`ipam_del`].
+pub async fn ipam_add(ctx: &Ctx<'_>, args: &CmdArgs, ipam: &str) -> Result<CniResult, CniError> {
+    let r = ctx
+        .delegate(ipam, args, args.stdin.clone())
+        .await?
+        .ok_or_else(|| CniError::internal(format!("IPAM plugin {ipam} returned no result")))?;
+    if r.ips.is_empty() {
+        return Err(CniError::internal("IPAM plugin returned missing IP config"));
+    }
+    Ok(r)
+}
+
+/// IPAM DEL of the same attachment: the undo of [`ipam_add`] after a failed ADD.
+pub async fn ipam_del(ctx: &Ctx<'_>, args: &CmdArgs, ipam: &str) -> Result<(), CniError> {
+    let del = CmdArgs {
+        command: Command::Del,
+        ..args.clone()
+    };
+    ctx.delegate(ipam, &del, args.stdin.clone())
+        .await
+        .map(|_| ())
+}
+
+/// Configures the pod's interface `ifname` (index `index` in `pod`, the netlink handle of namespace `ns`) from
+/// `result`: the sysctls (IPv6 enabled on it and on lo when an IPv6 address comes, DAD as `enable_dad` says,
+/// `arp_notify`), every address, the link up, every route (without a gateway of its own, a route takes the
+/// gateway of the first address of its family). The IPAM result's `interface` indexes are the caller's.
+pub async fn configure_iface(
+    ns: &Netns,
+    pod: &Netlink,
+    index: u32,
+    ifname: &str,
+    result: &CniResult,
+    enable_dad: bool,
+) -> Result<(), CniError> {
+    let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
+    // Per-namespace sysctls: on a thread inside the pod namespace.
+    let name = ifname.to_string();
+    ns.run(move || -> Result<(), kernel::Error> {
+        if has_v6 {
+            let _ = sysctl::set(&["net", "ipv6", "conf", "lo", "disable_ipv6"], "0");
+            let _ = sysctl::set(&["net", "ipv6", "conf", &name, "disable_ipv6"], "0");
+            let _ = sysctl::set(&["net", "ipv6", "conf", &name, "keep_addr_on_down"], "1");
+            if enable_dad {
+                let _ = sysctl::set(&["net", "ipv6", "conf", &name, "enhanced_dad"], "1");
+                let _ = sysctl::set(&["net", "ipv6", "conf", &name, "accept_dad"], "1");
+            } else {
+                let _ = sysctl::set(&["net", "ipv6", "conf", &name, "accept_dad"], "0");
+            }
+        }
+        sysctl::set(&["net", "ipv4", "conf", &name, "arp_notify"], "1")
+    })??;
+    for ip in &result.ips {
+        pod.add_address(index, ip.address).await?;
+    }
+    pod.set_up(index).await?;
+    for r in &result.routes {
+        let gw = r.gw.or_else(|| {
+            result
+                .ips
+                .iter()
+                .find(|i| i.address.addr().is_ipv6() == r.dst.addr().is_ipv6())
+                .and_then(|i| i.gateway)
+        });
+        let mut kr = kernel::route::Route::new(r.dst).dev(index);
+        kr.gateway = gw;
+        kr.priority = r.priority;
+        kr.table = r.table;
+        if let Some(s) = r.scope {
+            kr.scope = s;
+        }
+        pod.add_route(&kr, false).await?;
+    }
+    Ok(())
+}
+
+/// How long [`settle_addresses`] waits for IPv6 duplicate address detection, as the reference's
+/// `SettleAddresses`.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Waits until no address of link `index` is tentative (IPv6 DAD still running, even with DAD off the kernel
+/// clears the flag asynchronously after the link comes up): the kernel refuses a tentative address as a route's
+/// source. A failed DAD (another node has the address) is an error naming it; so is a DAD still running after
+/// 5 s.
+pub async fn settle_addresses(pod: &Netlink, index: u32, ifname: &str) -> Result<(), CniError> {
+    let deadline = std::time::Instant::now() + SETTLE_TIMEOUT;
+    let mut nap = std::time::Duration::from_millis(1);
+    loop {
+        let addrs = pod.addresses(index).await?;
+        if let Some(a) = addrs.iter().find(|a| a.dad_failed()) {
+            return Err(CniError::internal(format!(
+                "{ifname}: duplicate address detection failed for {}: another node has it",
+                a.net
+            )));
+        }
+        let Some(t) = addrs.iter().find(|a| a.tentative()) else {
+            return Ok(());
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(CniError::internal(format!(
+                "{ifname}: {} still tentative (duplicate address detection) after {} s",
+                t.net,
+                SETTLE_TIMEOUT.as_secs()
+            )));
+        }
+        tokio::time::sleep(nap).await;
+        nap = (nap * 2).min(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The IPAM plugin to delegate to, from `ipam`: an object whose `type` is a string. Absent, `null`, `{}` or an
+/// empty type mean none (a layer-2 attachment), as in the reference; anything else is a configuration error
+/// rather than an attachment silently left without addresses.
+pub fn ipam_type(conf: &NetConf) -> Result<Option<String>, CniError> {
+    let ipam = match &conf.ipam {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Object(m)) => m,
+        Some(v) => {
+            return Err(CniError::config(format!(
+                "invalid configuration: ipam must be an object, got {v}"
+            )))
+        }
+    };
+    match ipam.get("type") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(t)) if t.is_empty() => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t.clone())),
+        Some(v) => Err(CniError::config(format!(
+            "invalid configuration: ipam.type must be a string, got {v}"
+        ))),
+    }
+}
+
+/// The pod namespace of an ADD or CHECK; code 4 when CNI_NETNS is not one.
+pub fn open_netns(path: &str) -> Result<Netns, CniError> {
+    Netns::open(path).map_err(|e| CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}")))
+}
+
+/// A host veth name as the reference makes them: `veth` and 8 random hex digits.
+pub fn host_veth_name() -> Result<String, CniError> {
+    let mut b = [0u8; 4];
+    getrandom::fill(&mut b).map_err(|e| CniError::internal(format!("random veth name: {e}")))?;
+    Ok(format!(
+        "veth{:02x}{:02x}{:02x}{:02x}",
+        b[0], b[1], b[2], b[3]
+    ))
+}
+
+/// The pod namespace of a DEL: `None` when CNI_NETNS is empty or the namespace is already gone (it took its
+/// interfaces with it; the IP and rules are still to be freed). A CNI_NETNS that is not a namespace is a bad
+/// request, refused before anything is released: the interface may still be up with its address in a namespace
+/// we were not shown.
+pub fn del_netns(netns: &str) -> Result<Option<Netns>, CniError> {
+    if netns.is_empty() {
+        return Ok(None);
+    }
+    match Netns::open(netns) {
+        Ok(ns) => Ok(Some(ns)),
+        Err(kernel::Error::NotFound(_)) => Ok(None),
+        Err(e) => Err(CniError::new(ERR_INVALID_ENV, format!("CNI_NETNS: {e}"))),
+    }
+}
+
+/// Prefix of the name a pod interface gets on DEL while its deletion is under way ([`remove_pod_link`]).
+const TOMB_PREFIX: &str = "cnidel";
+
+/// Removes the attachment's interface `ifname` from the pod namespace, and any interface a killed DEL left
+/// renamed out of the way (nothing else in the pod is named so: the tombstone prefix is ours, and a link
+/// carrying it was already condemned by the DEL that renamed it). One dump gives both, as one lookup by name
+/// would cost the same.
+pub async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> {
+    let pod = Netlink::in_netns(ns)?;
+    let mut f = Failures::new();
+    for l in pod.links().await? {
+        if l.name == ifname {
+            f.step(ifname, remove_attachment_link(ns, &pod, &l).await);
+        } else if l.name.starts_with(TOMB_PREFIX) && l.kind.as_deref() == Some("veth") {
+            // Synchronously: this is the retry of a DEL that was killed, not the common path.
+            f.step(
+                l.name.clone(),
+                pod.delete_link(l.index).await.map_err(CniError::from),
+            );
+        }
+    }
+    f.into_result()
+}
+
+async fn remove_attachment_link(ns: &Netns, pod: &Netlink, l: &Link) -> Result<(), CniError> {
+    if l.loopback {
+        return Err(CniError::new(
+            ERR_INVALID_ENV,
+            format!(
+                "CNI_IFNAME {}: that is the pod's loopback interface, which a CNI plugin neither makes nor deletes",
+                l.name
+            ),
+        ));
+    }
+    if l.kind.is_none() {
+        // A physical device (moved in by another plugin): the kernel cannot delete it, and renaming it out of
+        // the way would only break it.
+        return Err(CniError::internal(format!(
+            "{} in {} is not a virtual interface (a device moved into the pod), which cannot be deleted",
+            l.name,
+            ns.path().display()
+        )));
+    }
+    remove_pod_link(ns, pod, l.index).await
+}
+
+/// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free
+/// for a new ADD), then leaves the slow kernel teardown of the pair to a detached process. Killed after the
+/// rename, the retried DEL recognises the link by its tombstone prefix ([`remove_pod_links`]).
+async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
+    pod.set_down(index).await?;
+    let tomb = host_veth_name()?.replacen("veth", TOMB_PREFIX, 1);
+    if pod.rename(index, &tomb).await.is_ok()
+        && kernel::link::delete_link_detached(ns, index).is_ok()
+    {
+        return Ok(());
+    }
+    pod.delete_link(index).await?;
+    Ok(())
+}
