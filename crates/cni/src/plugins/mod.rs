@@ -9,6 +9,7 @@ pub mod flannel;
 pub mod host_local;
 pub mod loopback;
 pub mod portmap;
+pub mod ptp;
 pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
@@ -23,6 +24,7 @@ pub static TABLE: &[Plugin] = &[
     tuning::PLUGIN,
     bandwidth::PLUGIN,
     portmap::PLUGIN,
+    ptp::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -119,7 +121,8 @@ mod tests {
                 "loopback",
                 "tuning",
                 "bandwidth",
-                "portmap"
+                "portmap",
+                "ptp"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));

@@ -1,0 +1,5 @@
+//! The `ptp` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("ptp")
+}
