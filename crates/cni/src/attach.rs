@@ -6,8 +6,9 @@
 use crate::error::{CniError, Failures, ERR_INVALID_ENV};
 use crate::plugin::Ctx;
 use crate::skel::{CmdArgs, Command};
-use crate::types::{CniResult, NetConf};
-use kernel::{sysctl, Link, Netlink, Netns};
+use crate::types::{CniResult, Interface, NetConf};
+use ipnet::IpNet;
+use kernel::{ipmasq, sysctl, Link, Netlink, Netns};
 use serde_json::Value;
 
 /// IPAM ADD with the plugin of type `ipam`, given the caller's configuration: its result, which must hold at
@@ -233,4 +234,141 @@ async fn remove_pod_link(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), Cn
     }
     pod.delete_link(index).await?;
     Ok(())
+}
+
+/// Makes the attachment's veth pair: the host end `host_name` (a fresh [`host_veth_name`], which the caller keeps
+/// for its undo before this runs, so whatever the kernel did to the pod end, deleting the host end removes both),
+/// the pod end `ifname` in `ns`, with the MTU, the pod end's MAC and the bridge given. Both ends as the kernel
+/// made them.
+#[allow(clippy::too_many_arguments)]
+pub async fn create_veth_pair(
+    host: &Netlink,
+    pod: &Netlink,
+    ns: &Netns,
+    host_name: &str,
+    ifname: &str,
+    mtu: Option<u32>,
+    mac: Option<kernel::Mac>,
+    controller: Option<u32>,
+) -> Result<(Link, Link), CniError> {
+    host.create_veth(&kernel::link::VethSpec {
+        host_name,
+        peer_name: ifname,
+        peer_netns_fd: ns.raw_fd(),
+        mtu,
+        peer_mac: mac,
+        controller,
+    })
+    .await
+    .map_err(|e| match e {
+        kernel::Error::Conflict(m) => CniError::internal(m),
+        e => e.into(),
+    })?;
+    let hv = host.link_by_name(host_name).await?.ok_or_else(|| {
+        CniError::internal(format!("host veth {host_name} vanished after creation"))
+    })?;
+    let cv = pod.link_by_name(ifname).await?.ok_or_else(|| {
+        CniError::internal(format!("container veth {ifname} vanished after creation"))
+    })?;
+    Ok((hv, cv))
+}
+
+/// The undo of [`create_veth_pair`] after a failed ADD: deletes the host end, which takes the pod end with it;
+/// gone already is done.
+pub async fn delete_host_veth(host: &Netlink, name: &str) -> Result<(), CniError> {
+    if let Some(l) = host.link_by_name(name).await? {
+        host.delete_link(l.index).await?;
+    }
+    Ok(())
+}
+
+/// Refuses an `ipMasqBackend` that is neither `iptables` nor `nftables` (code 7), before anything is made.
+pub fn check_masq_backend(backend: Option<&str>) -> Result<(), CniError> {
+    match backend {
+        Some(b) if ipmasq::MasqBackend::parse(b).is_none() => Err(CniError::config(format!(
+            "invalid ipMasqBackend \"{b}\" (want iptables or nftables)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `ipMasq`: masquerades traffic from the attachment's addresses `nets` leaving their subnets, with the backend
+/// `ipMasqBackend` names (default: iptables unless only nftables is usable, as the reference).
+pub fn masq_setup(
+    backend: Option<&str>,
+    network: &str,
+    args: &CmdArgs,
+    nets: &[IpNet],
+) -> Result<(), CniError> {
+    let b = backend
+        .and_then(ipmasq::MasqBackend::parse)
+        .unwrap_or_else(ipmasq::default_backend);
+    ipmasq::setup_ip_masq(b, network, &args.container_id, &args.ifname, nets)?;
+    Ok(())
+}
+
+/// The undo of [`masq_setup`], keyed by the attachment (it needs neither the addresses nor the backend).
+pub fn masq_teardown(network: &str, args: &CmdArgs) -> Result<(), CniError> {
+    ipmasq::teardown_ip_masq(network, &args.container_id, &args.ifname, &[])?;
+    Ok(())
+}
+
+/// A result's `interfaces` entry for a link; `sandbox` for the pod's.
+pub fn interface_of(l: &Link, sandbox: Option<&str>) -> Interface {
+    Interface {
+        name: l.name.clone(),
+        mac: l.mac.map(|m| m.to_string()).unwrap_or_default(),
+        mtu: Some(l.mtu),
+        sandbox: sandbox.unwrap_or_default().to_string(),
+        ..Default::default()
+    }
+}
+
+/// The configuration's `dns`, when it has any, replaces what IPAM returned (as the reference's main plugins do).
+pub fn dns_from_conf(result: &mut CniResult, conf: &NetConf) {
+    if let Some(d) = &conf.dns {
+        if !d.is_empty() {
+            result.dns = d.clone();
+        }
+    }
+}
+
+/// CHECK's view of the attachment's pod interface: its namespace, a netlink handle there and the link, which must
+/// exist and be a veth (code 3 when the namespace is gone).
+pub async fn check_pod_veth(args: &CmdArgs) -> Result<(Netns, Netlink, Link), CniError> {
+    let ns = Netns::open(&args.netns).map_err(|e| {
+        CniError::new(
+            crate::error::ERR_UNKNOWN_CONTAINER,
+            format!("CHECK: CNI_NETNS: {e}"),
+        )
+    })?;
+    let pod = Netlink::in_netns(&ns)?;
+    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
+        CniError::internal(format!(
+            "CHECK: container interface {} not found",
+            args.ifname
+        ))
+    })?;
+    if cv.kind.as_deref() != Some("veth") {
+        return Err(CniError::internal(format!(
+            "CHECK: {} is not a veth",
+            args.ifname
+        )));
+    }
+    Ok((ns, pod, cv))
+}
+
+/// The start of a veth attachment's ADD: the pod namespace, netlink handles in the host's and the pod's, and the
+/// reference's refusal when the pod already has an interface of that name (a second ADD of the attachment).
+pub async fn open_for_add(args: &CmdArgs) -> Result<(Netns, Netlink, Netlink), CniError> {
+    let ns = open_netns(&args.netns)?;
+    let host = Netlink::current()?;
+    let pod = Netlink::in_netns(&ns)?;
+    if pod.link_by_name(&args.ifname).await?.is_some() {
+        return Err(CniError::internal(format!(
+            "container veth name provided ({}) already exists",
+            args.ifname
+        )));
+    }
+    Ok((ns, host, pod))
 }

@@ -7,7 +7,7 @@
 //! to come up (it is up at creation and the bridge has no STP); a failed ADD removes what it made.
 
 use crate::attach;
-use crate::error::{CniError, Failures, ERR_UNKNOWN_CONTAINER};
+use crate::error::{CniError, Failures};
 use crate::plugin::{Ctx, Plugin};
 use crate::skel::CmdArgs;
 use crate::types::{CniResult, Interface, IpConfig, NetConf, Route};
@@ -171,13 +171,7 @@ impl BridgeConf {
         }
         kernel_ifname(&c.bridge, "bridge")?;
         c.ipam_type = attach::ipam_type(conf)?;
-        if let Some(b) = &c.ip_masq_backend {
-            if ipmasq::MasqBackend::parse(b).is_none() {
-                return Err(CniError::config(format!(
-                    "invalid ipMasqBackend \"{b}\" (want iptables or nftables)"
-                )));
-            }
-        }
+        attach::check_masq_backend(c.ip_masq_backend.as_deref())?;
         Ok(c)
     }
 }
@@ -282,16 +276,8 @@ async fn add(
     conf: &NetConf,
     bc: &BridgeConf,
 ) -> Result<CniResult, CniError> {
-    let ns = attach::open_netns(&args.netns)?;
+    let (ns, host, pod) = attach::open_for_add(args).await?;
     let mac = mac_arg(args, conf)?;
-    let host = Netlink::current()?;
-    let pod = Netlink::in_netns(&ns)?;
-    if pod.link_by_name(&args.ifname).await?.is_some() {
-        return Err(CniError::internal(format!(
-            "container veth name provided ({}) already exists",
-            args.ifname
-        )));
-    }
     let mut undo = Undo {
         ipam: None,
         host_veth: None,
@@ -304,23 +290,13 @@ async fn add(
             // did; what could not be undone is reported with the error (the runtime's DEL retries it).
             let mut f = Failures::new();
             if let Some(hv) = &undo.host_veth {
-                let r = async {
-                    if let Some(l) = host.link_by_name(hv).await? {
-                        host.delete_link(l.index).await?;
-                    }
-                    Ok::<(), kernel::Error>(())
-                };
-                f.step("veth", r.await.map_err(CniError::from));
+                f.step("veth", attach::delete_host_veth(&host, hv).await);
             }
             if let Some(t) = undo.ipam {
                 f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, &t).await);
             }
             if bc.ip_masq {
-                f.step(
-                    "ipMasq",
-                    ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
-                        .map_err(CniError::from),
-                );
+                f.step("ipMasq", attach::masq_teardown(&conf.name, args));
             }
             if undo.spoofchk {
                 f.step(
@@ -364,22 +340,17 @@ async fn add_inner(
 
     let host_name = attach::host_veth_name()?;
     undo.host_veth = Some(host_name.clone());
-    host.create_veth(&kernel::link::VethSpec {
-        host_name: &host_name,
-        peer_name: &args.ifname,
-        peer_netns_fd: ns.raw_fd(),
+    let (hv, cv) = attach::create_veth_pair(
+        host,
+        pod,
+        ns,
+        &host_name,
+        &args.ifname,
         mtu,
-        peer_mac: mac,
-        controller: Some(br.index),
-    })
-    .await
-    .map_err(|e| match e {
-        kernel::Error::Conflict(m) => CniError::internal(m),
-        e => e.into(),
-    })?;
-    let hv = host.link_by_name(&host_name).await?.ok_or_else(|| {
-        CniError::internal(format!("host veth {host_name} vanished after creation"))
-    })?;
+        mac,
+        Some(br.index),
+    )
+    .await?;
     if bc.hairpin_mode {
         host.set_hairpin(hv.index, true).await?;
     }
@@ -391,12 +362,6 @@ async fn add_inner(
         bc.preserve_default_vlan,
     )
     .await?;
-    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
-        CniError::internal(format!(
-            "container veth {} vanished after creation",
-            args.ifname
-        ))
-    })?;
     if bc.macspoofchk {
         let cmac = cv.mac.ok_or_else(|| {
             CniError::internal(format!("container veth {} has no MAC address", args.ifname))
@@ -479,12 +444,8 @@ async fn add_inner(
     }
 
     if bc.ip_masq {
-        let backend = match &bc.ip_masq_backend {
-            Some(b) => ipmasq::MasqBackend::parse(b).unwrap_or_else(ipmasq::default_backend),
-            None => ipmasq::default_backend(),
-        };
         let nets: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-        ipmasq::setup_ip_masq(backend, &conf.name, &args.container_id, &args.ifname, &nets)?;
+        attach::masq_setup(bc.ip_masq_backend.as_deref(), &conf.name, args, &nets)?;
     }
 
     result.interfaces = vec![
@@ -493,19 +454,8 @@ async fn add_inner(
             mac: br.mac.map(|m| m.to_string()).unwrap_or_default(),
             ..Default::default()
         },
-        Interface {
-            name: hv.name.clone(),
-            mac: hv.mac.map(|m| m.to_string()).unwrap_or_default(),
-            mtu: Some(hv.mtu),
-            ..Default::default()
-        },
-        Interface {
-            name: cv.name.clone(),
-            mac: cv.mac.map(|m| m.to_string()).unwrap_or_default(),
-            mtu: Some(cv.mtu),
-            sandbox: args.netns.clone(),
-            ..Default::default()
-        },
+        attach::interface_of(&hv, None),
+        attach::interface_of(&cv, Some(&args.netns)),
     ];
     if let Some(v) = &vlan_if {
         result.interfaces.push(Interface {
@@ -514,11 +464,7 @@ async fn add_inner(
             ..Default::default()
         });
     }
-    if let Some(d) = &conf.dns {
-        if !d.is_empty() {
-            result.dns = d.clone();
-        }
-    }
+    attach::dns_from_conf(&mut result, conf);
     Ok(result)
 }
 
@@ -688,11 +634,7 @@ async fn del(
         );
     }
     if bc.ip_masq {
-        f.step(
-            "ipMasq",
-            ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
-                .map_err(CniError::from),
-        );
+        f.step("ipMasq", attach::masq_teardown(&conf.name, args));
     }
     f.finish("DEL")
 }
@@ -732,21 +674,7 @@ async fn check(
             )));
         }
     }
-    let ns = Netns::open(&args.netns)
-        .map_err(|e| CniError::new(ERR_UNKNOWN_CONTAINER, format!("CHECK: CNI_NETNS: {e}")))?;
-    let pod = Netlink::in_netns(&ns)?;
-    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
-        CniError::internal(format!(
-            "CHECK: container interface {} not found",
-            args.ifname
-        ))
-    })?;
-    if cv.kind.as_deref() != Some("veth") {
-        return Err(CniError::internal(format!(
-            "CHECK: {} is not a veth",
-            args.ifname
-        )));
-    }
+    let (_ns, pod, cv) = attach::check_pod_veth(args).await?;
     if let Some(i) = prev
         .interfaces
         .iter()

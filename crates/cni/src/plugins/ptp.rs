@@ -8,12 +8,12 @@
 //! `ipMasq`, `ipMasqBackend`, `dns`.
 
 use crate::attach;
-use crate::error::{CniError, Failures, ERR_UNKNOWN_CONTAINER};
+use crate::error::{CniError, Failures};
 use crate::plugin::{Ctx, Plugin};
 use crate::skel::CmdArgs;
-use crate::types::{CniResult, Interface, NetConf};
+use crate::types::{CniResult, NetConf};
 use ipnet::IpNet;
-use kernel::{ipmasq, sysctl, Netlink};
+use kernel::{sysctl, Netlink};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -48,13 +48,7 @@ impl PtpConf {
                 "ptp needs an IPAM plugin (ipam.type): the pod's routes go through its gateway",
             )
         })?;
-        if let Some(b) = &c.ip_masq_backend {
-            if ipmasq::MasqBackend::parse(b).is_none() {
-                return Err(CniError::config(format!(
-                    "invalid ipMasqBackend \"{b}\" (want iptables or nftables)"
-                )));
-            }
-        }
+        attach::check_masq_backend(c.ip_masq_backend.as_deref())?;
         Ok(c)
     }
 }
@@ -105,15 +99,7 @@ async fn add(
     conf: &NetConf,
     pc: &PtpConf,
 ) -> Result<CniResult, CniError> {
-    let ns = attach::open_netns(&args.netns)?;
-    let host = Netlink::current()?;
-    let pod = Netlink::in_netns(&ns)?;
-    if pod.link_by_name(&args.ifname).await?.is_some() {
-        return Err(CniError::internal(format!(
-            "container veth name provided ({}) already exists",
-            args.ifname
-        )));
-    }
+    let (ns, host, pod) = attach::open_for_add(args).await?;
     let r = attach::ipam_add(ctx, args, &pc.ipam_type).await?;
     let mut host_veth = None;
     match add_inner(args, conf, pc, &ns, &host, &pod, r, &mut host_veth).await {
@@ -122,24 +108,14 @@ async fn add(
             // Nothing half-made stays: the pair (the host end by the name only this ADD uses), the IP, the rules.
             let mut f = Failures::new();
             if let Some(hv) = &host_veth {
-                let r = async {
-                    if let Some(l) = host.link_by_name(hv).await? {
-                        host.delete_link(l.index).await?;
-                    }
-                    Ok::<(), kernel::Error>(())
-                };
-                f.step("veth", r.await.map_err(CniError::from));
+                f.step("veth", attach::delete_host_veth(&host, hv).await);
             }
             f.step(
                 format!("IPAM ({})", pc.ipam_type),
                 attach::ipam_del(ctx, args, &pc.ipam_type).await,
             );
             if pc.ip_masq {
-                f.step(
-                    "ipMasq",
-                    ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
-                        .map_err(CniError::from),
-                );
+                f.step("ipMasq", attach::masq_teardown(&conf.name, args));
             }
             Err(f.add_to(e))
         }
@@ -185,34 +161,12 @@ async fn add_inner(
     let name = attach::host_veth_name()?;
     *host_veth = Some(name.clone());
     let mtu = (pc.mtu != 0).then_some(pc.mtu);
-    host.create_veth(&kernel::link::VethSpec {
-        host_name: &name,
-        peer_name: &args.ifname,
-        peer_netns_fd: ns.raw_fd(),
-        mtu,
-        peer_mac: None,
-        controller: None,
-    })
-    .await
-    .map_err(|e| match e {
-        kernel::Error::Conflict(m) => CniError::internal(m),
-        e => e.into(),
-    })?;
-    let hv = host
-        .link_by_name(&name)
-        .await?
-        .ok_or_else(|| CniError::internal(format!("host veth {name} vanished after creation")))?;
+    let (hv, cv) =
+        attach::create_veth_pair(host, pod, ns, &name, &args.ifname, mtu, None, None).await?;
     if has_v6 {
         // Router advertisements on the host side would add addresses nobody asked for.
         let _ = sysctl::set(&["net", "ipv6", "conf", &name, "accept_ra"], "0");
     }
-    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
-        CniError::internal(format!(
-            "container veth {} vanished after creation",
-            args.ifname
-        ))
-    })?;
-
     // Pod side: the IPAM result, then every destination through the gateway.
     attach::configure_iface(ns, pod, cv.index, &args.ifname, &result, false).await?;
     if has_v6 {
@@ -253,34 +207,14 @@ async fn add_inner(
     }
 
     if pc.ip_masq {
-        let backend = match &pc.ip_masq_backend {
-            Some(b) => ipmasq::MasqBackend::parse(b).unwrap_or_else(ipmasq::default_backend),
-            None => ipmasq::default_backend(),
-        };
         let nets: Vec<IpNet> = result.ips.iter().map(|i| i.address).collect();
-        ipmasq::setup_ip_masq(backend, &conf.name, &args.container_id, &args.ifname, &nets)?;
+        attach::masq_setup(pc.ip_masq_backend.as_deref(), &conf.name, args, &nets)?;
     }
-
     result.interfaces = vec![
-        Interface {
-            name: hv.name.clone(),
-            mac: hv.mac.map(|m| m.to_string()).unwrap_or_default(),
-            mtu: Some(hv.mtu),
-            ..Default::default()
-        },
-        Interface {
-            name: cv.name.clone(),
-            mac: cv.mac.map(|m| m.to_string()).unwrap_or_default(),
-            mtu: Some(cv.mtu),
-            sandbox: args.netns.clone(),
-            ..Default::default()
-        },
+        attach::interface_of(&hv, None),
+        attach::interface_of(&cv, Some(&args.netns)),
     ];
-    if let Some(d) = &conf.dns {
-        if !d.is_empty() {
-            result.dns = d.clone();
-        }
-    }
+    attach::dns_from_conf(&mut result, conf);
     Ok(result)
 }
 
@@ -302,11 +236,7 @@ async fn del(ctx: &Ctx<'_>, args: &CmdArgs, conf: &NetConf, pc: &PtpConf) -> Res
             .map(|_| ()),
     );
     if pc.ip_masq {
-        f.step(
-            "ipMasq",
-            ipmasq::teardown_ip_masq(&conf.name, &args.container_id, &args.ifname, &[])
-                .map_err(CniError::from),
-        );
+        f.step("ipMasq", attach::masq_teardown(&conf.name, args));
     }
     f.finish("DEL")
 }
@@ -324,21 +254,7 @@ async fn check(
     let prev = conf
         .prev()?
         .ok_or_else(|| CniError::config("CHECK: required prevResult missing"))?;
-    let ns = kernel::Netns::open(&args.netns)
-        .map_err(|e| CniError::new(ERR_UNKNOWN_CONTAINER, format!("CHECK: CNI_NETNS: {e}")))?;
-    let pod = Netlink::in_netns(&ns)?;
-    let cv = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
-        CniError::internal(format!(
-            "CHECK: container interface {} not found",
-            args.ifname
-        ))
-    })?;
-    if cv.kind.as_deref() != Some("veth") {
-        return Err(CniError::internal(format!(
-            "CHECK: {} is not a veth",
-            args.ifname
-        )));
-    }
+    let (_ns, pod, cv) = attach::check_pod_veth(args).await?;
     let addrs = pod.addresses(cv.index).await?;
     for ip in &prev.ips {
         if !addrs.iter().any(|a| a.net == ip.address) {
