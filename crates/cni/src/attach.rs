@@ -24,6 +24,19 @@ pub async fn ipam_add(ctx: &Ctx<'_>, args: &CmdArgs, ipam: &str) -> Result<CniRe
     Ok(r)
 }
 
+/// STATUS of a plugin whose readiness is its IPAM plugin's (the reference's bridge and ptp): that plugin's
+/// STATUS, or ready without one.
+pub async fn ipam_status(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    ipam: Option<&str>,
+) -> Result<(), CniError> {
+    match ipam {
+        Some(t) => ctx.delegate(t, args, args.stdin.clone()).await.map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// IPAM DEL of the same attachment: the undo of [`ipam_add`] after a failed ADD.
 pub async fn ipam_del(ctx: &Ctx<'_>, args: &CmdArgs, ipam: &str) -> Result<(), CniError> {
     let del = CmdArgs {

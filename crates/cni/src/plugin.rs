@@ -29,6 +29,35 @@ macro_rules! chained_row {
 }
 pub(crate) use chained_row;
 
+/// The table row of a main plugin (bridge, ptp, ...): every verb parses the plugin's settings first with
+/// `$conf::from_conf` (a bad one is a config error whatever the command), then calls `async fn
+/// add/del/check/status(&Ctx, &CmdArgs, &NetConf, &$conf)` of the module that invokes it, and `gc` too when the
+/// row says `gc: yes`. Spec versions: all.
+macro_rules! main_row {
+    (@verb $f:ident, $conf:ty, $wrap:expr) => {
+        |ctx, args, conf| {
+            Box::pin(async move {
+                let c = <$conf>::from_conf(conf)?;
+                $f(ctx, args, conf, &c).await.map($wrap)
+            })
+        }
+    };
+    (@gc yes, $conf:ty) => { Some($crate::plugin::main_row!(@verb gc, $conf, |()| None)) };
+    (@gc no, $conf:ty) => { None };
+    ($name:literal, $conf:ty, gc: $gc:ident) => {
+        $crate::plugin::Plugin {
+            name: $name,
+            versions: $crate::version::SUPPORTED,
+            add: $crate::plugin::main_row!(@verb add, $conf, Some),
+            del: $crate::plugin::main_row!(@verb del, $conf, |()| None),
+            check: $crate::plugin::main_row!(@verb check, $conf, |()| None),
+            gc: $crate::plugin::main_row!(@gc $gc, $conf),
+            status: Some($crate::plugin::main_row!(@verb status, $conf, |()| None)),
+        }
+    };
+}
+pub(crate) use main_row;
+
 /// One verb of a plugin: the context, the arguments, and the configuration already parsed and checked.
 pub type Verb = for<'a> fn(&'a Ctx<'a>, &'a CmdArgs, &'a NetConf) -> LocalBoxFuture<'a, Outcome>;
 

@@ -186,6 +186,17 @@ fn flannel_portmap(sb: &Sandbox, backend: Option<&str>) -> Net {
     Net::new("cbr0", "0.3.1", vec![flannel_conf(sb), pm])
 }
 
+/// The fixture of the traffic tests: a node (root needed) running upstream's conflist with `backend`, our
+/// runtime, and a client namespace on the node's LAN.
+fn node_with_lan(backend: Option<&str>) -> (Sandbox, Runtime, Net, Netns) {
+    require_root();
+    let sb = Sandbox::new();
+    let rt = sb.runtime(&Impl::ours());
+    let net = flannel_portmap(&sb, backend);
+    let client = lan(&sb);
+    (sb, rt, net, client)
+}
+
 /// `nft list table` of both families' `cni_hostport` in `ns` (empty for a family without it).
 fn nft_tables(ns: &str) -> String {
     let mut out = String::new();
@@ -222,11 +233,7 @@ fn host_ports_reached_everywhere_nftables() {
 }
 
 fn host_ports_reached(backend: Option<&str>) {
-    require_root();
-    let sb = Sandbox::new();
-    let rt = sb.runtime(&Impl::ours());
-    let net = flannel_portmap(&sb, backend);
-    let client = lan(&sb);
+    let (sb, rt, net, client) = node_with_lan(backend);
     let before = nat(&sb.node.name);
     let pods = sb.pods(2);
     let mut atts = Vec::new();
@@ -655,11 +662,7 @@ fn udp_flow_started_before_the_mapping_nftables() {
 }
 
 fn udp_flow_before_mapping(backend: Option<&str>) {
-    require_root();
-    let sb = Sandbox::new();
-    let rt = sb.runtime(&Impl::ours());
-    let net = flannel_portmap(&sb, backend);
-    let client = lan(&sb);
+    let (sb, rt, net, client) = node_with_lan(backend);
     let pods = sb.pods(2);
     // Pod 0 with a TCP hostPort: the node's nat rules exist, so conntrack tracks the flow below.
     let a0 = sb.att(0, &pods[0]);

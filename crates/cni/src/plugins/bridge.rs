@@ -220,46 +220,17 @@ fn mac_arg(args: &CmdArgs, conf: &NetConf) -> Result<Option<Mac>, CniError> {
 
 /// The bridge plugin's row of the plugin table. Every verb parses the bridge settings first (a bad one is a
 /// config error whatever the command); IPAM is delegated through the context's executor.
-pub const PLUGIN: Plugin = Plugin {
-    name: "bridge",
-    versions: crate::version::SUPPORTED,
-    add: |ctx, args, conf| {
-        Box::pin(async move {
-            let bc = BridgeConf::from_conf(conf)?;
-            add(ctx, args, conf, &bc).await.map(Some)
-        })
-    },
-    del: |ctx, args, conf| {
-        Box::pin(async move {
-            let bc = BridgeConf::from_conf(conf)?;
-            del(ctx, args, conf, &bc).await.map(|()| None)
-        })
-    },
-    check: |ctx, args, conf| {
-        Box::pin(async move {
-            let bc = BridgeConf::from_conf(conf)?;
-            check(ctx, args, conf, &bc).await.map(|()| None)
-        })
-    },
-    gc: Some(|ctx, args, conf| {
-        Box::pin(async move {
-            let bc = BridgeConf::from_conf(conf)?;
-            gc(ctx, args, conf, &bc).await.map(|()| None)
-        })
-    }),
-    status: Some(|ctx, args, conf| {
-        Box::pin(async move {
-            let bc = BridgeConf::from_conf(conf)?;
-            match &bc.ipam_type {
-                Some(t) => ctx
-                    .delegate(t, args, args.stdin.clone())
-                    .await
-                    .map(|_| None),
-                None => Ok(None),
-            }
-        })
-    }),
-};
+pub const PLUGIN: Plugin = crate::plugin::main_row!("bridge", BridgeConf, gc: yes);
+
+/// STATUS: IPAM's, when there is one.
+async fn status(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    _conf: &NetConf,
+    bc: &BridgeConf,
+) -> Result<(), CniError> {
+    attach::ipam_status(ctx, args, bc.ipam_type.as_deref()).await
+}
 
 /// What a partly done ADD has to undo.
 struct Undo {

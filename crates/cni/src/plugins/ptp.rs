@@ -53,37 +53,17 @@ impl PtpConf {
     }
 }
 
-pub const PLUGIN: Plugin = Plugin {
-    name: "ptp",
-    versions: crate::version::SUPPORTED,
-    add: |ctx, args, conf| {
-        Box::pin(async move {
-            let pc = PtpConf::from_conf(conf)?;
-            add(ctx, args, conf, &pc).await.map(Some)
-        })
-    },
-    del: |ctx, args, conf| {
-        Box::pin(async move {
-            let pc = PtpConf::from_conf(conf)?;
-            del(ctx, args, conf, &pc).await.map(|()| None)
-        })
-    },
-    check: |ctx, args, conf| {
-        Box::pin(async move {
-            let pc = PtpConf::from_conf(conf)?;
-            check(ctx, args, conf, &pc).await.map(|()| None)
-        })
-    },
-    gc: None,
-    status: Some(|ctx, args, conf| {
-        Box::pin(async move {
-            let pc = PtpConf::from_conf(conf)?;
-            ctx.delegate(&pc.ipam_type, args, args.stdin.clone())
-                .await
-                .map(|_| None)
-        })
-    }),
-};
+pub const PLUGIN: Plugin = crate::plugin::main_row!("ptp", PtpConf, gc: no);
+
+/// STATUS: IPAM's.
+async fn status(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    _conf: &NetConf,
+    pc: &PtpConf,
+) -> Result<(), CniError> {
+    attach::ipam_status(ctx, args, Some(&pc.ipam_type)).await
+}
 
 fn host_prefix(ip: &IpNet) -> u8 {
     if ip.addr().is_ipv4() {
