@@ -99,6 +99,7 @@ impl Subject {
             node: Arc::clone(&self.main.node),
             conf: Value::Null,
             id_prefix: self.main.id_prefix.clone(),
+            device_prefix: None,
         }
     }
 
@@ -227,6 +228,7 @@ impl RateNode {
             node: Arc::clone(&node_file),
             conf: flannel_conf(dir),
             id_prefix: format!("{tag}x"),
+            device_prefix: None,
         };
         let (_, out) = main.call("ADD", 0, pod.path(), None)?;
         let prev = parse(&out, "flannel ADD")?;
@@ -375,6 +377,7 @@ fn shaped(tag: &str, dir: &Path, ours: &Path, secs: f64) -> Result<Vec<Value>> {
             node: Arc::new(File::open(node.path())?),
             conf: flannel_conf(&d),
             id_prefix: format!("{tag}{k}c"),
+            device_prefix: None,
         };
         let (_, r) = main.call("ADD", 0, pod.path(), None)?;
         let prev = parse(&r, "flannel ADD")?;
@@ -507,6 +510,7 @@ pub fn run(o: &Options) -> Result<i32> {
             node: Arc::new(File::open(node.path())?),
             conf,
             id_prefix: format!("fc{pid}s{k}c"),
+            device_prefix: None,
         };
         subjects.push(Subject {
             label,

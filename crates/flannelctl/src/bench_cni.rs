@@ -37,7 +37,53 @@ pub struct Options {
     pub reference: PathBuf,
     /// JSON output.
     pub json: bool,
+    /// The plugin families to measure (each ours against the reference of the same name).
+    pub families: Vec<Family>,
 }
+
+/// A plugin family: the plugin, the node it needs and the reference it is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// bridge + host-local (flannel's delegate), and our flannel meta-plugin in front of it.
+    Bridge,
+    /// ptp + host-local.
+    Ptp,
+    /// macvlan (bridge mode) + host-local on a master link of the node.
+    Macvlan,
+    /// host-device + host-local: one device of the node per pod, moved into it and back.
+    HostDevice,
+}
+
+impl Family {
+    /// Every family, in the order they are reported.
+    pub const ALL: [Family; 4] = [
+        Family::Bridge,
+        Family::Ptp,
+        Family::Macvlan,
+        Family::HostDevice,
+    ];
+
+    /// The CNI type of the main plugin.
+    pub fn plugin(self) -> &'static str {
+        match self {
+            Family::Bridge => "bridge",
+            Family::Ptp => "ptp",
+            Family::Macvlan => "macvlan",
+            Family::HostDevice => "host-device",
+        }
+    }
+
+    /// The family whose main plugin is `name`.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.plugin() == name)
+    }
+}
+
+/// The master link every macvlan subject's node has (a veth whose peer stays in the node: macvlan needs no
+/// carrier to be created).
+const MACVLAN_MASTER: &str = "bnic0";
+/// Prefix of the per-pod devices of a host-device subject's node (`bhd<i>`, pod `i`'s device).
+const HOSTDEV_PREFIX: &str = "bhd";
 
 /// The directory of the running executable (where `cargo build` puts the plugins too).
 pub fn default_ours_dir() -> Result<PathBuf> {
@@ -51,6 +97,9 @@ pub fn default_ours_dir() -> Result<PathBuf> {
 struct Subject {
     key: &'static str,
     label: &'static str,
+    /// The key of the subject this one is compared with; `None` for a baseline.
+    baseline: Option<&'static str>,
+    family: Family,
     dir: PathBuf,
     plugin: &'static str,
     conf: Value,
@@ -167,6 +216,7 @@ impl Samples {
 struct Report {
     key: &'static str,
     label: &'static str,
+    baseline: Option<&'static str>,
     dir: PathBuf,
     phases: Vec<Phase>,
     error: Option<String>,
@@ -187,32 +237,13 @@ pub fn run(opts: &Options) -> Result<i32> {
     let tmp = TempDir::create(std::env::temp_dir().join(format!("flannelctl-bench-{pid}")))?;
     let (subnet, gateway, prefix) = pod_subnet(opts.pods)?;
 
-    let mut subjects = vec![
-        Subject {
-            key: "reference",
-            label: "reference bridge+host-local",
-            dir: opts.reference.clone(),
-            plugin: "bridge",
-            conf: bridge_conf(&subnet, &tmp.path.join("reference-ipam")),
-            skip: None,
-        },
-        Subject {
-            key: "ours-bridge",
-            label: "ours bridge+host-local",
-            dir: opts.ours.clone(),
-            plugin: "bridge",
-            conf: bridge_conf(&subnet, &tmp.path.join("ours-ipam")),
-            skip: None,
-        },
-        Subject {
-            key: "ours-flannel",
-            label: "ours flannel (in-process)",
-            dir: opts.ours.clone(),
-            plugin: "flannel",
-            conf: flannel_conf(&tmp.path.join("flannel")),
-            skip: None,
-        },
-    ];
+    let mut subjects = Vec::new();
+    for f in Family::ALL
+        .into_iter()
+        .filter(|f| opts.families.contains(f))
+    {
+        subjects.extend(family_subjects(f, opts, &tmp.path, &subnet));
+    }
     let flannel_dir = tmp.path.join("flannel");
     std::fs::create_dir_all(&flannel_dir)
         .with_context(|| format!("create {}", flannel_dir.display()))?;
@@ -228,7 +259,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         let bins: &[&str] = if s.plugin == "flannel" {
             &["flannel", "bridge", "host-local"]
         } else {
-            &["bridge", "host-local"]
+            &[s.plugin, "host-local"]
         };
         if let Some(missing) = bins.iter().find(|b| !s.dir.join(b).is_file()) {
             s.skip = Some(format!("{} not found in {}", missing, s.dir.display()));
@@ -246,6 +277,7 @@ pub fn run(opts: &Options) -> Result<i32> {
             bail!("interrupted");
         }
         let node = NamedNetns::create(&format!("fb{pid}n{k}"))?;
+        prepare_node(s.family, &format!("fb{pid}n{k}"), opts.pods, &tmp.path)?;
         let mut pods = Vec::with_capacity(opts.pods);
         for i in 0..opts.pods {
             if crate::interrupt::interrupted() {
@@ -294,6 +326,7 @@ pub fn run(opts: &Options) -> Result<i32> {
         .map(|((s, phases), error)| Report {
             key: s.key,
             label: s.label,
+            baseline: s.baseline,
             dir: s.dir.clone(),
             phases: phases.into_iter().map(Samples::finish).collect(),
             error,
@@ -320,6 +353,135 @@ pub fn run(opts: &Options) -> Result<i32> {
     } else {
         0
     })
+}
+
+/// The subjects of one family: the reference plugin (the baseline) and ours; for bridge also our flannel in
+/// front of our bridge.
+fn family_subjects(f: Family, opts: &Options, tmp: &Path, subnet: &str) -> Vec<Subject> {
+    let conf = |ipam_dir: &str| -> Value {
+        let ipam = tmp.join(ipam_dir);
+        match f {
+            Family::Bridge => bridge_conf(subnet, &ipam),
+            Family::Ptp => main_conf("ptp", json!({"mtu": MTU}), subnet, &ipam),
+            Family::Macvlan => main_conf(
+                "macvlan",
+                json!({"master": MACVLAN_MASTER, "mode": "bridge"}),
+                subnet,
+                &ipam,
+            ),
+            // The device is set per pod (Exec::device_prefix).
+            Family::HostDevice => main_conf("host-device", json!({}), subnet, &ipam),
+        }
+    };
+    let (ref_key, ref_label, ours_key, ours_label) = match f {
+        Family::Bridge => (
+            "reference",
+            "reference bridge+host-local",
+            "ours-bridge",
+            "ours bridge+host-local",
+        ),
+        Family::Ptp => (
+            "reference-ptp",
+            "reference ptp+host-local",
+            "ours-ptp",
+            "ours ptp+host-local",
+        ),
+        Family::Macvlan => (
+            "reference-macvlan",
+            "reference macvlan+host-local",
+            "ours-macvlan",
+            "ours macvlan+host-local",
+        ),
+        Family::HostDevice => (
+            "reference-host-device",
+            "reference host-device+h-l",
+            "ours-host-device",
+            "ours host-device+h-l",
+        ),
+    };
+    let mut v = vec![
+        Subject {
+            key: ref_key,
+            label: ref_label,
+            baseline: None,
+            family: f,
+            dir: opts.reference.clone(),
+            plugin: f.plugin(),
+            conf: conf(&format!("{ref_key}-ipam")),
+            skip: None,
+        },
+        Subject {
+            key: ours_key,
+            label: ours_label,
+            baseline: Some(ref_key),
+            family: f,
+            dir: opts.ours.clone(),
+            plugin: f.plugin(),
+            conf: conf(&format!("{ours_key}-ipam")),
+            skip: None,
+        },
+    ];
+    if f == Family::Bridge {
+        v.push(Subject {
+            key: "ours-flannel",
+            label: "ours flannel (in-process)",
+            baseline: Some(ref_key),
+            family: f,
+            dir: opts.ours.clone(),
+            plugin: "flannel",
+            conf: flannel_conf(&tmp.join("flannel")),
+            skip: None,
+        });
+    }
+    v
+}
+
+/// A main plugin's configuration: `extra` keys, host-local on `subnet` with the route to the cluster network.
+fn main_conf(ty: &str, extra: Value, subnet: &str, data_dir: &Path) -> Value {
+    let mut c = json!({
+        "cniVersion": CNI_VERSION,
+        "name": NETWORK,
+        "type": ty,
+        "ipam": {
+            "type": "host-local",
+            "dataDir": data_dir,
+            "ranges": [[{"subnet": subnet}]],
+            "routes": [{"dst": CLUSTER_NETWORK}],
+        }
+    });
+    if let (Some(m), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+/// What a family's node needs besides its loopback, made outside every timed section with one `ip -batch`:
+/// macvlan's master link, host-device's one device per pod (veth pairs whose peers stay in the node).
+fn prepare_node(f: Family, node: &str, pods: usize, tmp: &Path) -> Result<()> {
+    let mut batch = String::from("link set lo up\n");
+    match f {
+        Family::Bridge | Family::Ptp => {}
+        Family::Macvlan => {
+            batch.push_str(&format!(
+                "link add {MACVLAN_MASTER} type veth peer name {MACVLAN_MASTER}p\nlink set {MACVLAN_MASTER} up\nlink set {MACVLAN_MASTER}p up\n"
+            ));
+        }
+        Family::HostDevice => {
+            for i in 0..pods {
+                batch.push_str(&format!(
+                    "link add {HOSTDEV_PREFIX}{i} type veth peer name {HOSTDEV_PREFIX}{i}p\nlink set {HOSTDEV_PREFIX}{i}p up\n"
+                ));
+            }
+        }
+    }
+    let file = tmp.join(format!("{node}.batch"));
+    std::fs::write(&file, batch).with_context(|| format!("write {}", file.display()))?;
+    let mut cmd = crate::bench_net::command_in(node, "ip")?;
+    cmd.arg("-batch").arg(&file);
+    crate::bench_net::must(&mut cmd, Duration::from_secs(60))?;
+    Ok(())
 }
 
 /// The pod subnet for `pods` attachments: a /24 when it fits, else the smallest prefix that does.
@@ -374,6 +536,8 @@ pub(crate) struct Exec {
     pub(crate) node: Arc<File>,
     pub(crate) conf: Value,
     pub(crate) id_prefix: String,
+    /// Set for host-device: pod `i`'s configuration names the device `<prefix><i>`.
+    pub(crate) device_prefix: Option<&'static str>,
 }
 
 impl Exec {
@@ -386,8 +550,13 @@ impl Exec {
         prev: Option<&Value>,
     ) -> Result<(Duration, Vec<u8>)> {
         let mut conf = self.conf.clone();
-        if let (Some(p), Some(m)) = (prev, conf.as_object_mut()) {
-            m.insert("prevResult".into(), p.clone());
+        if let Some(m) = conf.as_object_mut() {
+            if let Some(p) = prev {
+                m.insert("prevResult".into(), p.clone());
+            }
+            if let Some(d) = self.device_prefix {
+                m.insert("device".into(), format!("{d}{i}").into());
+            }
         }
         self.call_with(command, &format!("{}{i}", self.id_prefix), i, netns, &conf)
     }
@@ -472,6 +641,7 @@ fn bench_subject(
         node: Arc::new(node_file),
         conf: s.conf.clone(),
         id_prefix: format!("fbench{}s{k}c", std::process::id()),
+        device_prefix: (s.family == Family::HostDevice).then_some(HOSTDEV_PREFIX),
     };
     let mut modes = vec![1, opts.concurrency.min(pods.len()).max(1)];
     modes.dedup();
@@ -594,12 +764,13 @@ fn mode(workers: usize) -> String {
     }
 }
 
-/// The reference's phase with the same number of workers.
-fn baseline(reports: &[Report], workers: usize) -> Option<&Phase> {
+/// The phase with the same number of workers of the reference `r` is compared with.
+fn baseline<'a>(reports: &'a [Report], r: &Report, workers: usize) -> Option<&'a Phase> {
+    let key = r.baseline?;
     reports
         .iter()
-        .find(|r| r.key == "reference")
-        .and_then(|r| r.phases.iter().find(|p| p.workers == workers))
+        .find(|b| b.key == key)
+        .and_then(|b| b.phases.iter().find(|p| p.workers == workers))
 }
 
 pub(crate) fn ratio(a: f64, b: f64) -> Option<f64> {
@@ -640,9 +811,9 @@ fn print_table(opts: &Options, subnet: &str, reports: &[Report]) {
         }
     }
     let mut lines = vec![];
-    for r in reports.iter().filter(|r| r.key != "reference") {
+    for r in reports.iter().filter(|r| r.baseline.is_some()) {
         for p in &r.phases {
-            let Some(b) = baseline(reports, p.workers) else {
+            let Some(b) = baseline(reports, r, p.workers) else {
                 continue;
             };
             let f = |x: Option<f64>| x.map(|v| format!("{v:.1}x")).unwrap_or_else(|| "-".into());
@@ -671,11 +842,11 @@ fn print_table(opts: &Options, subnet: &str, reports: &[Report]) {
         println!(
             "per round, sequential p50 speed-up ADD/DEL (the spread shows the machine's noise):"
         );
-        for r in reports.iter().filter(|r| r.key != "reference") {
+        for r in reports.iter().filter(|r| r.baseline.is_some()) {
             let Some(p) = r.phases.iter().find(|p| p.workers == 1) else {
                 continue;
             };
-            let Some(b) = baseline(reports, 1) else {
+            let Some(b) = baseline(reports, r, 1) else {
                 continue;
             };
             let per: Vec<String> = p
@@ -714,8 +885,8 @@ fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
                         "del": p.del.to_json(),
                         "rounds_p50_ms": p.rounds.iter().map(|(a, d)| json!({"add": round3(*a), "del": round3(*d)})).collect::<Vec<_>>(),
                     });
-                    if r.key != "reference" {
-                        if let Some(b) = baseline(reports, p.workers) {
+                    if let Some(b) = baseline(reports, r, p.workers) {
+                        {
                             v["speedup_vs_reference"] = json!({
                                 "add_p50": ratio(b.add.p50, p.add.p50).map(round3),
                                 "add_p99": ratio(b.add.p99, p.add.p99).map(round3),
@@ -732,6 +903,7 @@ fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
             json!({
                 "key": r.key,
                 "label": r.label,
+                "baseline": r.baseline,
                 "dir": r.dir,
                 "skipped": r.skipped,
                 "error": r.error,
