@@ -1,5 +1,6 @@
 //! `flannelctl bench cni`: ADD/DEL latency of our CNI plugins against the reference plugins, in one run.
 
+use crate::bench_floor;
 use crate::netns::NamedNetns;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -288,6 +289,24 @@ pub fn run(opts: &Options) -> Result<i32> {
         worlds.push(Some((node, pods)));
     }
 
+    // The floor of each family: its own node (prepared as the subjects') and pods.
+    let mut floor_worlds = Vec::new();
+    for (k, f) in opts.families.iter().enumerate() {
+        if crate::interrupt::interrupted() {
+            bail!("interrupted");
+        }
+        let name = format!("fb{pid}f{k}");
+        let node = NamedNetns::create(&name)?;
+        prepare_node(*f, &name, bench_floor::KERNEL_SAMPLES, &tmp.path)?;
+        let pods = (0..bench_floor::KERNEL_SAMPLES)
+            .map(|i| NamedNetns::create(&format!("fb{pid}f{k}p{i}")))
+            .collect::<Result<Vec<_>>>()?;
+        floor_worlds.push((*f, node, pods));
+    }
+    let mut floors: Vec<bench_floor::FloorSamples> =
+        opts.families.iter().map(|_| Default::default()).collect();
+    let mut floor_error: Option<String> = None;
+
     let mut samples: Vec<Vec<Samples>> = subjects.iter().map(|_| Vec::new()).collect();
     let mut errors: Vec<Option<String>> = subjects.iter().map(|_| None).collect();
     let mut order: Vec<usize> = (0..subjects.len()).collect();
@@ -318,7 +337,17 @@ pub fn run(opts: &Options) -> Result<i32> {
                 break 'rounds;
             }
         }
+        if floor_error.is_none() {
+            if let Err(e) = measure_floors(opts, &floor_worlds, &mut floors) {
+                floor_error = Some(format!("{e:#}"));
+            }
+        }
     }
+    let floors: Vec<bench_floor::Floor> = floors
+        .into_iter()
+        .zip(&opts.families)
+        .map(|(s, f)| s.finish(*f))
+        .collect();
     let reports: Vec<Report> = subjects
         .iter()
         .zip(samples)
@@ -337,12 +366,15 @@ pub fn run(opts: &Options) -> Result<i32> {
     if opts.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&to_json(opts, &subnet, &reports)).unwrap_or_default()
+            serde_json::to_string_pretty(&to_json(opts, &subnet, &reports, &floors))
+                .unwrap_or_default()
         );
     } else {
         print_table(opts, &subnet, &reports);
+        print_floors(&reports, &floors, floor_error.as_deref());
     }
     drop(worlds);
+    drop(floor_worlds);
     drop(tmp);
     if crate::interrupt::interrupted() {
         eprintln!("flannelctl: interrupted; namespaces and temporary files removed");
@@ -459,7 +491,7 @@ fn main_conf(ty: &str, extra: Value, subnet: &str, data_dir: &Path) -> Value {
 
 /// What a family's node needs besides its loopback, made outside every timed section with one `ip -batch`:
 /// macvlan's master link, host-device's one device per pod (veth pairs whose peers stay in the node).
-fn prepare_node(f: Family, node: &str, pods: usize, tmp: &Path) -> Result<()> {
+pub(crate) fn prepare_node(f: Family, node: &str, pods: usize, tmp: &Path) -> Result<()> {
     let mut batch = String::from("link set lo up\n");
     match f {
         Family::Bridge | Family::Ptp => {}
@@ -870,7 +902,88 @@ fn print_table(opts: &Options, subnet: &str, reports: &[Report]) {
     }
 }
 
-fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
+/// One round of every family's floor: our and the reference's process start, then the kernel work.
+fn measure_floors(
+    opts: &Options,
+    worlds: &[(Family, NamedNetns, Vec<NamedNetns>)],
+    out: &mut [bench_floor::FloorSamples],
+) -> Result<()> {
+    for ((f, node, pods), o) in worlds.iter().zip(out.iter_mut()) {
+        let Some(pod) = pods.first() else { continue };
+        let n = bench_floor::KERNEL_SAMPLES;
+        for (dir, into) in [
+            (&opts.ours, &mut o.start_ours),
+            (&opts.reference, &mut o.start_reference),
+        ] {
+            let bin = dir.join(f.plugin());
+            if bin.is_file() {
+                into.extend(bench_floor::process_start(&bin, node, pod, n)?);
+            }
+        }
+        let (a, d) = bench_floor::kernel_work(*f, node, pods)?;
+        o.kernel_add.extend(a);
+        o.kernel_del.extend(d);
+    }
+    Ok(())
+}
+
+/// The floor table: p50s, and what our plugins' own code costs above it.
+fn print_floors(reports: &[Report], floors: &[bench_floor::Floor], error: Option<&str>) {
+    if floors.is_empty() {
+        return;
+    }
+    let ms = |s: &Option<OpStats>| {
+        s.as_ref()
+            .map(|s| format!("{:.2} ms", s.p50))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!();
+    println!("floor, p50 (process start: the binary exec'd for VERSION; kernel: the attachment's own netlink requests, in-process):");
+    println!(
+        "{:<12} {:>12} {:>12} {:>12} {:>12} {:>16} {:>16}",
+        "family",
+        "start ours",
+        "start ref",
+        "kernel ADD",
+        "kernel DEL",
+        "ours ADD - floor",
+        "ours DEL - floor"
+    );
+    for fl in floors {
+        let ours = reports
+            .iter()
+            .find(|r| r.baseline.is_some() && r.key == format!("ours-{}", fl.family.plugin()));
+        let seq = ours.and_then(|r| r.phases.iter().find(|p| p.workers == 1));
+        let own = |total: Option<f64>, k: &Option<OpStats>| match (total, &fl.start_ours, k) {
+            (Some(t), Some(s), Some(k)) => format!("{:.2} ms", t - s.p50 - k.p50),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<12} {:>12} {:>12} {:>12} {:>12} {:>16} {:>16}",
+            fl.family.plugin(),
+            ms(&fl.start_ours),
+            ms(&fl.start_reference),
+            ms(&fl.kernel_add),
+            ms(&fl.kernel_del),
+            own(seq.map(|p| p.add.p50), &fl.kernel_add),
+            own(seq.map(|p| p.del.p50), &fl.kernel_del),
+        );
+    }
+    println!(
+        "(a DEL below its floor: our DEL takes the pod's link down, renames it and leaves its deletion, the kernel's RCU \
+         wait, to a detached process)"
+    );
+    if let Some(e) = error {
+        println!("floor FAILED: {e}");
+    }
+}
+
+fn to_json(
+    opts: &Options,
+    subnet: &str,
+    reports: &[Report],
+    floors: &[bench_floor::Floor],
+) -> Value {
     let subjects: Vec<Value> = reports
         .iter()
         .map(|r| {
@@ -919,6 +1032,16 @@ fn to_json(opts: &Options, subnet: &str, reports: &[Report]) -> Value {
         "network": NETWORK,
         "subnet": subnet,
         "subjects": subjects,
+        "floor": floors.iter().map(|f| {
+            let j = |s: &Option<OpStats>| s.as_ref().map(OpStats::to_json);
+            json!({
+                "family": f.family.plugin(),
+                "process_start_ours": j(&f.start_ours),
+                "process_start_reference": j(&f.start_reference),
+                "kernel_add": j(&f.kernel_add),
+                "kernel_del": j(&f.kernel_del),
+            })
+        }).collect::<Vec<_>>(),
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod bench_chain;
 mod bench_cni;
+mod bench_floor;
 mod bench_net;
 mod http;
 mod interrupt;
