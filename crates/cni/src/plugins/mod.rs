@@ -10,6 +10,7 @@ pub mod host_local;
 pub mod loopback;
 pub mod portmap;
 pub mod ptp;
+pub mod static_ipam;
 pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
@@ -25,6 +26,7 @@ pub static TABLE: &[Plugin] = &[
     bandwidth::PLUGIN,
     portmap::PLUGIN,
     ptp::PLUGIN,
+    static_ipam::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -122,7 +124,8 @@ mod tests {
                 "tuning",
                 "bandwidth",
                 "portmap",
-                "ptp"
+                "ptp",
+                "static"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
