@@ -6,6 +6,7 @@
 pub mod bandwidth;
 pub mod bridge;
 pub mod flannel;
+pub mod host_device;
 pub mod host_local;
 pub mod loopback;
 pub mod portmap;
@@ -27,6 +28,7 @@ pub static TABLE: &[Plugin] = &[
     portmap::PLUGIN,
     ptp::PLUGIN,
     static_ipam::PLUGIN,
+    host_device::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -125,7 +127,8 @@ mod tests {
                 "bandwidth",
                 "portmap",
                 "ptp",
-                "static"
+                "static",
+                "host-device"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
