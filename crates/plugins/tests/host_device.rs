@@ -34,6 +34,10 @@ fn nic(sb: &Sandbox) -> Netns {
 }
 
 fn hd_net(sb: &Sandbox, extra: Value, ipam: Option<Value>) -> Net {
+    hd_net_v(sb, extra, ipam, "1.0.0")
+}
+
+fn hd_net_v(sb: &Sandbox, extra: Value, ipam: Option<Value>, version: &str) -> Net {
     let mut p = json!({"type": "host-device", "device": DEV});
     if let Some(i) = ipam {
         p["ipam"] = i;
@@ -42,7 +46,7 @@ fn hd_net(sb: &Sandbox, extra: Value, ipam: Option<Value>) -> Net {
         p[k] = v.clone();
     }
     let _ = sb;
-    Net::new(NET, "1.0.0", vec![p])
+    Net::new(NET, version, vec![p])
 }
 
 fn static_ipam() -> Value {
@@ -81,6 +85,10 @@ fn pod_view(pod: &str, ifname: &str) -> Value {
 /// The result with the MAC (random per sandbox) and the netns path blanked; the MAC must be the device's.
 fn shape(r: &Value, mac: &str) -> Value {
     let mut r = r.clone();
+    // The reference prints `"dns": {}` in 0.2.0 results too; ours (all our plugins) leave it out there.
+    if r["cniVersion"] == "0.2.0" && r.get("dns") == Some(&json!({})) {
+        r.as_object_mut().map(|o| o.remove("dns"));
+    }
     if let Some(a) = r["interfaces"].as_array_mut() {
         for i in a {
             assert_eq!(
@@ -116,17 +124,31 @@ fn assert_back(sb: &Sandbox, pod: &Netns, mac: &str, what: &str) {
 }
 
 /// One implementation's ADD with `net`, its view of the pod, CHECK, DEL (device back); the result and the view.
-fn attach(imp: &Impl, ipam: Option<Value>, extra: Value) -> (Value, Value) {
+fn attach(
+    imp: &Impl,
+    ipam: Option<Value>,
+    extra: Value,
+    version: &str,
+) -> Result<(Value, Value), Out> {
     let sb = Sandbox::new();
     let _lan = nic(&sb);
     let mac = mac_of(&sb.node.name, DEV);
-    let net = hd_net(&sb, extra, ipam.clone());
+    let net = hd_net_v(&sb, extra, ipam.clone(), version);
     let rt = sb.runtime(imp);
     let pod = sb.pod(0);
     let att = sb.att(0, &pod);
-    let r = rt
-        .add(&net, &att)
-        .unwrap_or_else(|o| panic!("{} ADD: {o:?}", imp.label));
+    let r = match rt.add(&net, &att) {
+        Ok(r) => r,
+        Err(o) => {
+            if imp.reference {
+                // The reference refuses some requests only after moving the device: its DEL moves it back.
+                let _ = rt.del(&net, &att, None);
+            }
+            // Refused: nothing moved (ours), or moved back.
+            assert_back(&sb, &pod, &mac, imp.label);
+            return Err(o);
+        }
+    };
     let view = pod_view(&pod.name, "eth0");
     assert!(
         link(&sb.node.name, DEV).is_none(),
@@ -140,12 +162,14 @@ fn attach(imp: &Impl, ipam: Option<Value>, extra: Value) -> (Value, Value) {
             imp.label
         );
     }
-    match rt.check(&net, &att, &r) {
-        Ok(()) => {}
-        // Debian's 1.1.1 looks for the IPAM routes without the gateway they were added with (as its ptp does),
-        // so its CHECK fails on its own attachment; ours must pass.
-        Err(o) if imp.reference && format!("{o:?}").contains("not found in routing table") => {}
-        Err(o) => panic!("{} CHECK: {o:?}", imp.label),
+    if version_at_least(version, "0.4.0") {
+        match rt.check(&net, &att, &r) {
+            Ok(()) => {}
+            // Debian's 1.1.1 looks for the IPAM routes without the gateway they were added with (as its ptp does),
+            // so its CHECK fails on its own attachment; ours must pass.
+            Err(o) if imp.reference && format!("{o:?}").contains("not found in routing table") => {}
+            Err(o) => panic!("{} CHECK: {o:?}", imp.label),
+        }
     }
     rt.del(&net, &att, Some(&r))
         .unwrap_or_else(|o| panic!("{} DEL: {o:?}", imp.label));
@@ -158,7 +182,7 @@ fn attach(imp: &Impl, ipam: Option<Value>, extra: Value) -> (Value, Value) {
         rt.del(&net, &att, Some(&r))
             .unwrap_or_else(|o| panic!("DEL with the pod gone: {o:?}"));
     }
-    (shape(&r, &mac), view)
+    Ok((shape(&r, &mac), view))
 }
 
 /// Ours and the reference make the same attachment, with static IPAM and without IPAM: the same result and the
@@ -167,22 +191,74 @@ fn attach(imp: &Impl, ipam: Option<Value>, extra: Value) -> (Value, Value) {
 /// (ours: DEL again, and with the pod gone, succeed too).
 fn same_attachment_as_reference() {
     require_root();
-    for (what, ipam, extra) in [
-        ("static IPAM", Some(static_ipam()), json!({})),
-        (
-            "static IPAM and dns",
-            Some(static_ipam()),
-            json!({"dns": {"nameservers": ["10.96.0.11"]}}),
-        ),
-        ("no IPAM", None, json!({})),
-    ] {
-        let (ro, vo) = attach(&Impl::ours(), ipam.clone(), extra.clone());
-        let (rr, vr) = attach(&Impl::reference(), ipam, extra);
-        assert_eq!(ro, rr, "{what}: results");
-        assert_eq!(vo, vr, "{what}: pod interfaces");
-        assert_eq!(vo["name"], "eth0");
-        assert_eq!(vo["alias"], DEV);
-        assert_eq!(vo["mtu"], 1400);
+    for v in VERSIONS.iter().filter(|v| Impl::reference().speaks(v)) {
+        for (what, ipam, extra) in [
+            ("static IPAM", Some(static_ipam()), json!({})),
+            (
+                "static IPAM and dns",
+                Some(static_ipam()),
+                json!({"dns": {"nameservers": ["10.96.0.11"]}}),
+            ),
+            ("no IPAM", None, json!({})),
+        ] {
+            let o = attach(&Impl::ours(), ipam.clone(), extra.clone(), v);
+            let r = attach(&Impl::reference(), ipam, extra, v);
+            let ((ro, vo), (rr, vr)) = match (o, r) {
+                (Ok(o), Ok(r)) => (o, r),
+                // A 0.2.0 result has no interfaces: without an address there is nothing to say; both refuse
+                // (ours before moving the device, the reference after).
+                (Err(o), Err(_)) if *v == "0.2.0" => {
+                    o.assert_some_err();
+                    continue;
+                }
+                (o, r) => panic!("{v} {what}: ours {:?}, reference {:?}", o.err(), r.err()),
+            };
+            assert_eq!(ro, rr, "{v} {what}: results");
+            assert_eq!(vo, vr, "{v} {what}: pod interfaces");
+            assert_eq!(vo["name"], "eth0");
+            assert_eq!(vo["alias"], DEV);
+            assert_eq!(vo["mtu"], 1400);
+        }
+    }
+}
+
+/// CHECK refuses, with ours as with the reference, a previous result whose interface is in another sandbox or
+/// has another MAC, or names an address the device lacks; and a pod without the device.
+fn check_refusals_as_reference() {
+    require_root();
+    for imp in [Impl::ours(), Impl::reference()] {
+        let sb = Sandbox::new();
+        let _lan = nic(&sb);
+        let net = hd_net(&sb, json!({}), None);
+        let rt = sb.runtime(&imp);
+        let pod = sb.pod(0);
+        let att = sb.att(0, &pod);
+        let r = rt
+            .add(&net, &att)
+            .unwrap_or_else(|o| panic!("{} ADD: {o:?}", imp.label));
+        rt.check(&net, &att, &r)
+            .unwrap_or_else(|o| panic!("{} CHECK: {o:?}", imp.label));
+        let mut other_sandbox = r.clone();
+        other_sandbox["interfaces"][0]["sandbox"] = json!("/run/netns/elsewhere");
+        let mut other_mac = r.clone();
+        other_mac["interfaces"][0]["mac"] = json!("02:00:00:00:00:99");
+        let mut other_ip = r.clone();
+        other_ip["ips"] = json!([{"interface": 0, "address": "10.244.7.99/24"}]);
+        for (what, prev) in [
+            ("sandbox", &other_sandbox),
+            ("mac", &other_mac),
+            ("address", &other_ip),
+        ] {
+            let e = rt.check(&net, &att, prev);
+            assert!(e.is_err(), "{} CHECK with another {what} passed", imp.label);
+        }
+        rt.del(&net, &att, Some(&r))
+            .unwrap_or_else(|o| panic!("{} DEL: {o:?}", imp.label));
+        assert!(
+            rt.check(&net, &att, &r).is_err(),
+            "{} CHECK with the device gone passed",
+            imp.label
+        );
     }
 }
 
@@ -418,6 +494,7 @@ fn sigkill_during_add_then_del_puts_device_back() {
 
 testkit::main!(
     same_attachment_as_reference,
+    check_refusals_as_reference,
     interop_with_reference,
     lookups_by_mac_and_kernelpath,
     bad_input_refused_as_reference,

@@ -221,6 +221,13 @@ async fn add(
     conf: &NetConf,
     c: &HostDeviceConf,
 ) -> Result<CniResult, CniError> {
+    if c.ipam_type.is_none() && !crate::version::at_least(conf.version(), "0.3.0") {
+        // A 0.2.0 result is its ip4/ip6 objects: without IPAM there is nothing to report (the reference fails
+        // the same way, but only after moving the device).
+        return Err(CniError::config(
+            "cannot convert: no valid IP addresses (a 0.2.0 result without IPAM)",
+        ));
+    }
     let (ns, host, pod) = attach::open_for_add(args).await?;
     let mut result = CniResult {
         cni_version: conf.version().to_string(),
