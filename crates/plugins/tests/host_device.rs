@@ -442,6 +442,34 @@ fn bad_input_refused_as_reference() {
     assert_back(&sb, &pod, &mac, "after the in-use refusal");
 }
 
+/// What the reference leaves when SIGKILLed between its move and its rename (the device in the pod under its host
+/// name, without the alias or with it): our DEL moves it back too, found by `device` and by `hwaddr`.
+fn del_recovers_a_device_left_under_its_host_name() {
+    require_root();
+    let sb = Sandbox::new();
+    let _lan = nic(&sb);
+    let mac = mac_of(&sb.node.name, DEV);
+    let pod = sb.pod(0);
+    let att = sb.att(0, &pod);
+    let rt = sb.runtime(&Impl::ours());
+    for (what, key, alias) in [
+        ("device, no alias", json!({"device": DEV}), false),
+        ("device, alias set", json!({"device": DEV}), true),
+        ("hwaddr, no alias", json!({"hwaddr": mac}), false),
+    ] {
+        ip(&sb.node.name, &["link", "set", DEV, "netns", &pod.name]);
+        if alias {
+            ip(&pod.name, &["link", "set", DEV, "alias", DEV]);
+        }
+        let mut p = key.clone();
+        p["type"] = json!("host-device");
+        let conf = Net::new(NET, "1.0.0", vec![p]).plugin_conf(0, None);
+        let o = rt.exec("host-device", "DEL", Some(&att), &conf);
+        assert!(o.ok(), "{what}: DEL: {o:?}");
+        assert_back(&sb, &pod, &mac, what);
+    }
+}
+
 const ADD_KILLS: usize = 15;
 
 /// ADD (host-local IPAM) SIGKILLed at a random point of its run (before the move, between the move and IPAM,
@@ -468,6 +496,7 @@ fn sigkill_during_add_then_del_puts_device_back() {
     }
     let mut jitter = Jitter::new();
     let mut killed = 0;
+    let (mut moved, mut allocated) = (0, 0);
     for i in 0..ADD_KILLS {
         let mut att = sb.att(0, &pod);
         att.container_id = format!("{}k{i}", att.container_id);
@@ -480,6 +509,12 @@ fn sigkill_during_add_then_del_puts_device_back() {
         ) {
             killed += 1;
         }
+        if link(&pod.name, "eth0").is_some() {
+            moved += 1;
+        }
+        if !ip_files(&sb.path("ipam"), NET).is_empty() {
+            allocated += 1;
+        }
         let o = rt.exec("host-device", "DEL", Some(&att), &conf);
         assert!(o.ok(), "iteration {i}: DEL: {o:?}");
         assert_back(&sb, &pod, &mac, &format!("iteration {i}"));
@@ -489,7 +524,10 @@ fn sigkill_during_add_then_del_puts_device_back() {
             ip_files(&sb.path("ipam"), NET)
         );
     }
-    eprintln!("{ADD_KILLS} ADDs, {killed} killed before finishing");
+    eprintln!(
+        "{ADD_KILLS} ADDs, {killed} killed before finishing; the device in the pod after {moved}, an IP held after \
+         {allocated}"
+    );
 }
 
 testkit::main!(
@@ -498,5 +536,6 @@ testkit::main!(
     interop_with_reference,
     lookups_by_mac_and_kernelpath,
     bad_input_refused_as_reference,
+    del_recovers_a_device_left_under_its_host_name,
     sigkill_during_add_then_del_puts_device_back
 );

@@ -253,7 +253,7 @@ async fn add(
                 let mut f = Failures::new();
                 f.step(
                     "moving the device back",
-                    move_out(&ns, &pod, &args.ifname).await,
+                    move_out(&ns, &pod, &args.ifname, c).await,
                 );
                 return Err(f.add_to(e));
             }
@@ -272,7 +272,7 @@ async fn add(
                 if moved.is_some() {
                     f.step(
                         "moving the device back",
-                        move_out(&ns, &pod, &args.ifname).await,
+                        move_out(&ns, &pod, &args.ifname, c).await,
                     );
                 }
                 return Err(f.add_to(e));
@@ -323,23 +323,41 @@ async fn add_ipam(
     Ok(())
 }
 
-/// Moves the pod's `ifname` back to the host under the name its alias keeps; a pod without `ifname` is done
+/// Moves the pod's `ifname` back to the host under the name its alias keeps. Without `ifname` in the pod, a
+/// device the configuration names (by `device` or `hwaddr`) still under its host name there, its alias empty or
+/// that name, goes back as it is: what the reference leaves when killed between its move and its rename (ours
+/// moves and renames in one request), or a rename the kernel refused after the move. Nothing of either: done
 /// already. Refused, with the device left in the pod, when it has no alias or the host has that name taken.
-async fn move_out(ns: &Netns, pod: &Netlink, ifname: &str) -> Result<(), CniError> {
-    let Some(dev) = pod.link_by_name(ifname).await? else {
-        return Ok(());
+async fn move_out(
+    ns: &Netns,
+    pod: &Netlink,
+    ifname: &str,
+    c: &HostDeviceConf,
+) -> Result<(), CniError> {
+    let (dev, orig) = match pod.link_by_name(ifname).await? {
+        Some(dev) => {
+            let orig = pod.link_alias(dev.index).await?.ok_or_else(|| {
+                CniError::internal(format!(
+                    "{ifname} in {} has no alias with its host name: not a device host-device moved in",
+                    ns.path().display()
+                ))
+            })?;
+            (dev, orig)
+        }
+        None => match stray_device(pod, c).await? {
+            Some(dev) => {
+                let name = dev.name.clone();
+                (dev, name)
+            }
+            None => return Ok(()),
+        },
     };
-    let orig = pod.link_alias(dev.index).await?.ok_or_else(|| {
-        CniError::internal(format!(
-            "{ifname} in {} has no alias with its host name: not a device host-device moved in",
-            ns.path().display()
-        ))
-    })?;
     let host_ns = Netns::current()?;
     let host = Netlink::current()?;
     if host.link_by_name(&orig).await?.is_some() {
         return Err(CniError::internal(format!(
-            "cannot move {ifname} back to the host as {orig}: the host has a device of that name"
+            "cannot move {} back to the host as {orig}: the host has a device of that name",
+            dev.name
         )));
     }
     pod.set_down(dev.index).await?;
@@ -347,9 +365,33 @@ async fn move_out(ns: &Netns, pod: &Netlink, ifname: &str) -> Result<(), CniErro
         .await
         .map_err(|e| {
             CniError::internal(format!(
-                "failed to move {ifname} to the host as {orig}: {e}"
+                "failed to move {} to the host as {orig}: {e}",
+                dev.name
             ))
         })
+}
+
+/// The device of the configuration in the pod under its host name, never renamed (see [`move_out`]).
+async fn stray_device(pod: &Netlink, c: &HostDeviceConf) -> Result<Option<Link>, CniError> {
+    let mac = (!c.hwaddr.is_empty())
+        .then(|| parse_mac(&c.hwaddr))
+        .flatten();
+    if c.device.is_empty() && mac.is_none() {
+        return Ok(None);
+    }
+    for l in pod.links().await? {
+        let named = !c.device.is_empty() && l.name == c.device;
+        let by_mac = c.device.is_empty() && mac.is_some() && l.mac == mac;
+        if l.loopback || !(named || by_mac) {
+            continue;
+        }
+        match pod.link_alias(l.index).await? {
+            None => return Ok(Some(l)),
+            Some(a) if a == l.name => return Ok(Some(l)),
+            Some(_) => {}
+        }
+    }
+    Ok(None)
 }
 
 /// DEL: the device back to the host (nothing to do when it is there already or the pod is gone), and IPAM's
@@ -366,7 +408,7 @@ async fn del(
         let pod = Netlink::in_netns(ns)?;
         f.step(
             "moving the device back",
-            move_out(ns, &pod, &args.ifname).await,
+            move_out(ns, &pod, &args.ifname, c).await,
         );
     }
     if let Some(ipam) = &c.ipam_type {
