@@ -318,7 +318,8 @@ fn exec_with_node_sysfs(sb: &Sandbox, bin: &std::path::Path, env: &Env, conf: &V
     }
 }
 
-/// The device found by its MAC (`hwaddr`, also in Go's dash form) and by its sysfs path (`kernelpath`
+/// The device found by an alternative name (`device`: the kernel's lookup), by its MAC (`hwaddr`, also in Go's
+/// dash form) and by its sysfs path (`kernelpath`
 /// /sys/devices/virtual: its `net` directory lists the node's virtual devices, hd0 first, lo next), by ours and
 /// the reference alike.
 fn lookups_by_mac_and_kernelpath() {
@@ -327,10 +328,15 @@ fn lookups_by_mac_and_kernelpath() {
         let sb = Sandbox::new();
         let _lan = nic(&sb);
         let mac = mac_of(&sb.node.name, DEV);
+        ip(
+            &sb.node.name,
+            &["link", "property", "add", "dev", DEV, "altname", "hd0alt"],
+        );
         let rt = sb.runtime(&imp);
         let pod = sb.pod(0);
         let att = sb.att(0, &pod);
         for (what, key) in [
+            ("device by its altname", json!({"device": "hd0alt"})),
             ("hwaddr", json!({"hwaddr": mac})),
             (
                 "hwaddr with dashes",

@@ -130,14 +130,12 @@ fn read_dir_sorted(dir: &Path) -> std::io::Result<Vec<String>> {
 /// The host device the configuration names, by the reference's precedence. Its absence is an error naming what
 /// was looked for.
 async fn find_host_device(host: &Netlink, c: &HostDeviceConf) -> Result<Link, String> {
-    let links = host
-        .links()
-        .await
-        .map_err(|e| format!("failed to list node links: {e}"))?;
     if !c.device.is_empty() {
-        return links
-            .into_iter()
-            .find(|l| l.name == c.device)
+        // By the kernel's name lookup, as the reference: an alternative name finds the device too.
+        return host
+            .link_by_name(&c.device)
+            .await
+            .map_err(|e| format!("failed to look up {}: {e}", c.device))?
             .ok_or_else(|| {
                 format!(
                     "no device \"{}\" in the host network namespace (it does not exist, or it is in use: moved \
@@ -146,6 +144,10 @@ async fn find_host_device(host: &Netlink, c: &HostDeviceConf) -> Result<Link, St
                 )
             });
     }
+    let links = host
+        .links()
+        .await
+        .map_err(|e| format!("failed to list node links: {e}"))?;
     if !c.hwaddr.is_empty() {
         let mac = parse_mac(&c.hwaddr)
             .ok_or_else(|| format!("failed to parse MAC address \"{}\"", c.hwaddr))?;
@@ -308,7 +310,9 @@ async fn add_ipam(
     result.ips = r.ips;
     result.routes = r.routes;
     for ip in &mut result.ips {
-        ip.interface = Some(0);
+        // The moved device is interface 0; a DPDK device is no interface of the result (the reference still
+        // says 0 there, naming an interface its result does not have).
+        ip.interface = moved.map(|_| 0);
     }
     if let Some(index) = moved {
         if let Err(e) = attach::configure_iface(ns, pod, index, &args.ifname, result, false).await {
