@@ -50,7 +50,8 @@ fn hd_net_v(sb: &Sandbox, extra: Value, ipam: Option<Value>, version: &str) -> N
 }
 
 fn static_ipam() -> Value {
-    json!({"type": "static", "addresses": [{"address": "10.244.7.5/24", "gateway": "10.244.7.1"}],
+    json!({"type": "static", "addresses": [{"address": "10.244.7.5/24", "gateway": "10.244.7.1"},
+                                          {"address": "fd00:7::5/64"}],
            "routes": [{"dst": "10.96.0.0/12"}], "dns": {"nameservers": ["10.96.0.10"]}})
 }
 
