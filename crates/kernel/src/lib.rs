@@ -6,6 +6,7 @@ pub mod bridge_vlan;
 pub mod conntrack;
 pub mod error;
 pub mod firewall;
+pub mod hostdev;
 pub mod ipmasq;
 pub mod link;
 pub mod neigh;

@@ -6,10 +6,12 @@
 pub mod bandwidth;
 pub mod bridge;
 pub mod flannel;
+pub mod host_device;
 pub mod host_local;
 pub mod loopback;
 pub mod portmap;
 pub mod ptp;
+pub mod static_ipam;
 pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
@@ -25,6 +27,8 @@ pub static TABLE: &[Plugin] = &[
     bandwidth::PLUGIN,
     portmap::PLUGIN,
     ptp::PLUGIN,
+    static_ipam::PLUGIN,
+    host_device::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -122,7 +126,9 @@ mod tests {
                 "tuning",
                 "bandwidth",
                 "portmap",
-                "ptp"
+                "ptp",
+                "static",
+                "host-device"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));

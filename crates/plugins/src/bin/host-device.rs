@@ -1,0 +1,5 @@
+//! The `host-device` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("host-device")
+}

@@ -1,0 +1,5 @@
+//! The `static` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("static")
+}
