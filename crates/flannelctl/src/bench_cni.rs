@@ -84,7 +84,7 @@ impl Family {
 /// carrier to be created).
 const MACVLAN_MASTER: &str = "bnic0";
 /// Prefix of the per-pod devices of a host-device subject's node (`bhd<i>`, pod `i`'s device).
-const HOSTDEV_PREFIX: &str = "bhd";
+pub(crate) const HOSTDEV_PREFIX: &str = "bhd";
 
 /// The directory of the running executable (where `cargo build` puts the plugins too).
 pub fn default_ours_dir() -> Result<PathBuf> {

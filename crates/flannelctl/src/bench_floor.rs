@@ -104,7 +104,8 @@ pub(crate) fn kernel_work(
             let pod_ns = kernel::Netns::open(pod.path())?;
             let (a, d) = match f {
                 Family::Bridge | Family::Ptp => veth(&host, &pod_ns, i).await?,
-                Family::Macvlan | Family::HostDevice => return Ok((add, del)),
+                Family::HostDevice => move_device(&host, &node_ns, &pod_ns, i).await?,
+                Family::Macvlan => return Ok((add, del)),
             };
             add.push(a);
             del.push(d);
@@ -133,5 +134,33 @@ async fn veth(host: &Netlink, pod_ns: &kernel::Netns, i: usize) -> Result<(Durat
         .with_context(|| format!("{name} after creating it"))?;
     let t = Instant::now();
     host.delete_link(l.index).await?;
+    Ok((a, t.elapsed()))
+}
+
+/// Device `bhd<i>` of the node moved into the pod as `eth0` (with its alias, one request, as host-device does),
+/// then back under its name.
+async fn move_device(
+    host: &Netlink,
+    node_ns: &kernel::Netns,
+    pod_ns: &kernel::Netns,
+    i: usize,
+) -> Result<(Duration, Duration)> {
+    let name = format!("{}{i}", crate::bench_cni::HOSTDEV_PREFIX);
+    let l = host
+        .link_by_name(&name)
+        .await?
+        .with_context(|| format!("device {name} of the floor's node"))?;
+    let t = Instant::now();
+    host.move_link_to_netns(l.index, pod_ns.raw_fd(), "eth0", Some(&name))
+        .await?;
+    let a = t.elapsed();
+    let pod = Netlink::in_netns(pod_ns)?;
+    let moved = pod
+        .link_by_name("eth0")
+        .await?
+        .with_context(|| format!("{name} as eth0 in the pod"))?;
+    let t = Instant::now();
+    pod.move_link_to_netns(moved.index, node_ns.raw_fd(), &name, None)
+        .await?;
     Ok((a, t.elapsed()))
 }
