@@ -8,8 +8,10 @@ pub mod bridge;
 pub mod flannel;
 pub mod host_local;
 pub mod loopback;
+pub mod macvlan;
 pub mod portmap;
 pub mod ptp;
+pub mod sublink;
 pub mod tuning;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
@@ -25,6 +27,7 @@ pub static TABLE: &[Plugin] = &[
     bandwidth::PLUGIN,
     portmap::PLUGIN,
     ptp::PLUGIN,
+    macvlan::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -122,11 +125,12 @@ mod tests {
                 "tuning",
                 "bandwidth",
                 "portmap",
-                "ptp"
+                "ptp",
+                "macvlan"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
-        assert!(from_type("macvlan").is_none());
+        assert!(from_type("dhcp").is_none());
     }
 
     /// flannel delegates through the executor it is handed: the bridge config it rendered from subnet.env goes to
@@ -184,14 +188,14 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let exec = DefaultExec::new(TABLE);
         std::fs::copy(&me, dir.join("bridge")).unwrap();
-        std::fs::copy(&me, dir.join("macvlan")).unwrap();
+        std::fs::copy(&me, dir.join("dhcp")).unwrap();
         std::fs::write(dir.join("host-local"), "#!/bin/sh\nexit 0\n").unwrap();
         assert_eq!(
             exec.in_process(&dir.join("bridge")).map(|p| p.name),
             Some("bridge")
         );
         assert!(
-            exec.in_process(&dir.join("macvlan")).is_none(),
+            exec.in_process(&dir.join("dhcp")).is_none(),
             "not a type of ours"
         );
         assert!(
