@@ -11,148 +11,17 @@
 
 mod common;
 
+use common::sublink::*;
 use common::*;
+use kernel::sublink::{MacvlanMode, SublinkKind};
 use serde_json::{json, Map, Value};
 use std::time::{Duration, Instant};
 
 const NET: &str = "mvtest";
 
-/// A node with a NIC on a LAN.
-struct World {
-    sb: Sandbox,
-    lan: Netns,
-}
-
-impl World {
-    fn new() -> Self {
-        let sb = Sandbox::new();
-        let lan = Netns::new(&format!("{}l", sb.id));
-        let w = Self { sb, lan };
-        w.nic("nic0", "lan0");
-        ip(&w.lan.name, &["addr", "add", "192.0.2.1/24", "dev", "lan0"]);
-        ip(
-            &w.lan.name,
-            &["addr", "add", "10.244.20.1/24", "dev", "lan0"],
-        );
-        ip(
-            &w.sb.node.name,
-            &["addr", "add", "192.0.2.2/24", "dev", "nic0"],
-        );
-        ip(
-            &w.sb.node.name,
-            &["route", "add", "default", "via", "192.0.2.1"],
-        );
-        w
-    }
-
-    /// A NIC `name` of the node, up, whose wire ends as `peer` in the LAN namespace.
-    fn nic(&self, name: &str, peer: &str) {
-        let node = &self.sb.node.name;
-        ip(
-            node,
-            &[
-                "link",
-                "add",
-                name,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                peer,
-                "netns",
-                &self.lan.name,
-            ],
-        );
-        ip(node, &["link", "set", name, "up"]);
-        ip(&self.lan.name, &["link", "set", peer, "up"]);
-    }
-
-    fn node(&self) -> &str {
-        &self.sb.node.name
-    }
-}
-
-fn ipam(sb: &Sandbox) -> Value {
-    json!({"type": "host-local", "dataDir": sb.path("ipam"),
-           "ranges": [[{"subnet": "10.244.20.0/24", "rangeStart": "10.244.20.10", "gateway": "10.244.20.1"}]],
-           "routes": [{"dst": "0.0.0.0/0"}]})
-}
-
 fn mv_net(sb: &Sandbox, extra: Value) -> Net {
-    let mut p = json!({"type": "macvlan", "master": "nic0", "mtu": 1400, "ipam": ipam(sb)});
-    for (k, v) in extra.as_object().into_iter().flatten() {
-        if v.is_null() {
-            p.as_object_mut().map(|o| o.remove(k));
-        } else {
-            p[k] = v.clone();
-        }
-    }
-    Net::new(NET, "1.0.0", vec![p])
-}
-
-/// The result with the random MAC and the netns path blanked.
-fn shape(r: &Value) -> Value {
-    let mut r = r.clone();
-    if let Some(a) = r["interfaces"].as_array_mut() {
-        for i in a {
-            i["mac"] = json!("-");
-            if i.get("sandbox").is_some() {
-                i["sandbox"] = json!("netns");
-            }
-        }
-    }
-    r
-}
-
-/// The pod link as the kernel shows it: kind, mode, MTU, and the master's index (in the node namespace).
-fn pod_link(pod: &str, dev: &str) -> Value {
-    let l = link(pod, dev).unwrap_or_else(|| panic!("{dev} missing in {pod}"));
-    json!({
-        "kind": l["linkinfo"]["info_kind"],
-        "mode": l["linkinfo"]["info_data"]["mode"],
-        "mtu": l["mtu"],
-        "master": l["link_index"],
-        "up": l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP")),
-    })
-}
-
-fn index_of(ns: &str, dev: &str) -> Value {
-    link(ns, dev)
-        .map(|l| l["ifindex"].clone())
-        .unwrap_or(Value::Null)
-}
-
-/// The pod's IPv4 routes, sorted, as `dst via dev scope`.
-fn pod_routes(pod: &str) -> Vec<String> {
-    let mut v: Vec<String> = routes(pod)
-        .iter()
-        .map(|r| {
-            format!(
-                "{} via={} dev={} scope={}",
-                r["dst"].as_str().unwrap_or(""),
-                r["gateway"].as_str().unwrap_or("-"),
-                r["dev"].as_str().unwrap_or(""),
-                r["scope"].as_str().unwrap_or("global")
-            )
-        })
-        .collect();
-    v.sort();
-    v
-}
-
-/// Waits (bounded) until the pod has only its loopback: our DEL leaves the kernel's teardown of the renamed link
-/// to a detached process.
-fn wait_only_lo(pod: &Netns) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while link_names(&pod.name) != vec!["lo"] {
-        assert!(
-            Instant::now() < deadline,
-            "links left in {}: {:?}",
-            pod.name,
-            link_names(&pod.name)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let p = json!({"type": "macvlan", "master": "nic0", "mtu": 1400, "ipam": lan_ipam(sb)});
+    Net::new(NET, "1.0.0", vec![with(p, &extra)])
 }
 
 struct Made {
@@ -542,7 +411,46 @@ fn killed_add_then_del() {
     }
 }
 
+/// The request that makes the link is iproute2's for the same link, byte for byte: each mode, with MTU, MAC and
+/// the pod's namespace.
+fn request_is_iproute2s() {
+    require_root();
+    for mode in ["bridge", "private", "vepa", "passthru"] {
+        let k = SublinkKind::Macvlan(MacvlanMode::parse(mode).expect("mode"));
+        assert_request_is_iproute2s(
+            mode,
+            k,
+            None,
+            None,
+            false,
+            &["type", "macvlan", "mode", mode],
+        );
+    }
+    let k = SublinkKind::Macvlan(MacvlanMode::Bridge);
+    let mac = kernel::Mac::parse("02:11:22:33:44:55");
+    assert_request_is_iproute2s(
+        "mtu, mac, netns",
+        k,
+        Some(1400),
+        mac,
+        true,
+        &[
+            "mtu",
+            "1400",
+            "address",
+            "02:11:22:33:44:55",
+            "netns",
+            "NETNS",
+            "type",
+            "macvlan",
+            "mode",
+            "bridge",
+        ],
+    );
+}
+
 testkit::main!(
+    request_is_iproute2s,
     same_attachment_as_reference,
     check_detects_drift,
     mac_sources,

@@ -7,12 +7,14 @@ pub mod bandwidth;
 pub mod bridge;
 pub mod flannel;
 pub mod host_local;
+pub mod ipvlan;
 pub mod loopback;
 pub mod macvlan;
 pub mod portmap;
 pub mod ptp;
 pub mod sublink;
 pub mod tuning;
+pub mod vlan;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
 use crate::skel;
@@ -28,6 +30,8 @@ pub static TABLE: &[Plugin] = &[
     portmap::PLUGIN,
     ptp::PLUGIN,
     macvlan::PLUGIN,
+    ipvlan::PLUGIN,
+    vlan::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -126,7 +130,9 @@ mod tests {
                 "bandwidth",
                 "portmap",
                 "ptp",
-                "macvlan"
+                "macvlan",
+                "ipvlan",
+                "vlan"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
