@@ -449,8 +449,51 @@ fn request_is_iproute2s() {
     );
 }
 
+/// What a killed ADD or DEL leaves, made by hand: a macvlan under the attachment's temporary name (ADD killed
+/// between creation and rename) and one under a DEL's tombstone name (DEL killed after its rename). The next
+/// ADD replaces the first; the next DEL removes both.
+fn half_made_links_cleaned() {
+    require_root();
+    let w = World::new();
+    let rt = w.sb.runtime(&Impl::ours());
+    let net = mv_net(&w.sb, json!({}));
+    let pod = w.sb.pod(0);
+    let att = w.sb.att(0, &pod);
+    let tmp = cni::plugins::sublink::tmp_name(&cni::CmdArgs {
+        command: cni::Command::Add,
+        container_id: att.container_id.clone(),
+        netns: att.netns.clone(),
+        ifname: att.ifname.clone(),
+        args: String::new(),
+        path: String::new(),
+        stdin: vec![],
+    });
+    let leave = |name: &str| {
+        ip(
+            w.node(),
+            &["link", "add", name, "link", "nic0", "type", "macvlan"],
+        );
+        ip(w.node(), &["link", "set", name, "netns", &pod.name]);
+    };
+    leave(&tmp);
+    let r = rt
+        .add(&net, &att)
+        .unwrap_or_else(|o| panic!("ADD over a half-made link: {o:?}"));
+    assert_eq!(link_names(&pod.name), vec!["lo", "eth0"]);
+    rt.del(&net, &att, Some(&r))
+        .unwrap_or_else(|o| panic!("DEL: {o:?}"));
+    wait_only_lo(&pod);
+    leave(&tmp);
+    leave("cnidel0123abcd");
+    rt.del(&net, &att, None)
+        .unwrap_or_else(|o| panic!("DEL of half-made links: {o:?}"));
+    assert_eq!(link_names(&pod.name), vec!["lo"]);
+    assert!(ip_files(&w.sb.path("ipam"), NET).is_empty());
+}
+
 testkit::main!(
     request_is_iproute2s,
+    half_made_links_cleaned,
     same_attachment_as_reference,
     check_detects_drift,
     mac_sources,
