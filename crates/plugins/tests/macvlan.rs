@@ -491,8 +491,74 @@ fn half_made_links_cleaned() {
     assert!(ip_files(&w.sb.path("ipam"), NET).is_empty());
 }
 
+/// Dual-stack: ours and the reference give the same result, addresses (past DAD when ADD returns, as the
+/// reference waits for it) and IPv6 routes; the pod reaches the LAN over IPv6.
+fn dual_stack_as_reference() {
+    require_root();
+    let mut seen = Vec::new();
+    for imp in [Impl::ours(), Impl::reference()] {
+        let w = World::new();
+        ip(
+            &w.lan.name,
+            &["addr", "add", "fd00:20::1/64", "dev", "lan0", "nodad"],
+        );
+        let mut ipam = lan_ipam(&w.sb);
+        ipam["ranges"]
+            .as_array_mut()
+            .expect("ranges")
+            .push(json!([{"subnet": "fd00:20::/64", "gateway": "fd00:20::1"}]));
+        ipam["routes"]
+            .as_array_mut()
+            .expect("routes")
+            .push(json!({"dst": "::/0"}));
+        let net = mv_net(&w.sb, json!({ "ipam": ipam }));
+        let rt = w.sb.runtime(&imp);
+        let pod = w.sb.pod(0);
+        let att = w.sb.att(0, &pod);
+        let r = rt
+            .add(&net, &att)
+            .unwrap_or_else(|o| panic!("{} ADD: {o:?}", imp.label));
+        let tentative = ip(
+            &pod.name,
+            &["-6", "addr", "show", "dev", "eth0", "tentative"],
+        );
+        assert!(
+            tentative.trim().is_empty(),
+            "{}: tentative after ADD: {tentative}",
+            imp.label
+        );
+        let mut v6_routes: Vec<String> = ip_json(&pod.name, &["-6", "route", "show"])
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} via={}",
+                    r["dst"].as_str().unwrap_or(""),
+                    r["gateway"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
+        v6_routes.sort();
+        if !imp.reference {
+            assert!(ping(&pod.name, "fd00:20::1"), "pod → LAN over IPv6");
+        }
+        seen.push((shape(&r), addrs(&pod.name, "eth0"), v6_routes));
+        rt.del(&net, &att, Some(&r))
+            .unwrap_or_else(|o| panic!("{} DEL: {o:?}", imp.label));
+        wait_only_lo(&pod);
+        assert!(
+            ip_files(&w.sb.path("ipam"), NET).is_empty(),
+            "{}",
+            imp.label
+        );
+    }
+    assert_eq!(seen[0], seen[1], "ours vs reference");
+}
+
 testkit::main!(
     request_is_iproute2s,
+    dual_stack_as_reference,
     half_made_links_cleaned,
     same_attachment_as_reference,
     check_detects_drift,

@@ -381,7 +381,13 @@ async fn address(
         let _ = sysctl::set(&["net", "ipv6", "conf", &name, "ndisc_notify"], "1");
     })?;
     // DAD stays on: the pod is on a real L2 segment where another node may hold the address.
-    attach::configure_iface(ns, pod, link.index, &args.ifname, result, true).await
+    attach::configure_iface(ns, pod, link.index, &args.ifname, result, true).await?;
+    if result.ips.iter().any(|i| i.address.addr().is_ipv6()) {
+        // As the reference, ADD returns once DAD is done: the pod starts with addresses it can use (and a
+        // duplicate is an error now rather than a silently dead address).
+        attach::settle_addresses(pod, link.index, &args.ifname).await?;
+    }
+    Ok(())
 }
 
 /// DEL: IPAM's DEL, the pod interface and a half-made temporary link; each step whatever the others did, each
