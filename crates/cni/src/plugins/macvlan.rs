@@ -61,9 +61,13 @@ impl MacvlanConf {
     /// The MAC to give the link: runtimeConfig's, else CNI_ARGS `MAC`, else the configuration's.
     fn mac(&self, args: &CmdArgs) -> Result<Option<Mac>, CniError> {
         let mut mac = self.mac.clone();
-        if !self.mac_from_runtime && !args.args.is_empty() {
+        if !args.args.is_empty() {
+            // Parsed (and refused when malformed) even when runtimeConfig's MAC wins, as in the reference.
             let a = CniArgs::parse(&args.args, &["MAC"])?;
-            if let Some(m) = a.get("MAC").filter(|m| !m.is_empty()) {
+            if let Some(m) = a
+                .get("MAC")
+                .filter(|m| !m.is_empty() && !self.mac_from_runtime)
+            {
                 mac = Some(m.to_string());
             }
         }
@@ -196,6 +200,7 @@ mod tests {
             7
         );
         assert!(parse(json!({})).unwrap().mac(&args("MAC=zz")).is_err());
+        assert_eq!(rc.mac(&args("FOO=1")).unwrap_err().code, 2);
         // An unknown CNI_ARGS key without IgnoreUnknown is refused, as in the Go library.
         assert_eq!(
             parse(json!({}))
