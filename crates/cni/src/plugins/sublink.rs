@@ -172,15 +172,20 @@ async fn master_name(
     }
     if sub.chained_master {
         if let Some(prev) = conf.prev()? {
-            return match prev.interfaces.as_slice() {
-                [i] if !i.name.is_empty() => Ok(i.name.clone()),
-                _ => Err(CniError::config(
-                    "chained master failure: prevResult lacks a single named interface",
-                )),
-            };
+            return chained_master(&prev);
         }
     }
     default_route_interface(nl, where_).await
+}
+
+/// In a chain without `master`: the previous result's interface, which must be the only one and named.
+fn chained_master(prev: &CniResult) -> Result<String, CniError> {
+    match prev.interfaces.as_slice() {
+        [i] if !i.name.is_empty() => Ok(i.name.clone()),
+        _ => Err(CniError::config(
+            "chained master failure: prevResult lacks a single named interface",
+        )),
+    }
 }
 
 /// The master link, in the namespace the sub-interface is made in; a missing one is a configuration error
@@ -598,6 +603,24 @@ mod tests {
         assert_eq!(n, tmp_name(&a("c1", "eth0")));
         assert_ne!(n, tmp_name(&a("c1", "net1")));
         assert_ne!(tmp_name(&a("c1e", "th0")), tmp_name(&a("c1", "eth0")));
+    }
+
+    #[test]
+    fn chained_master_is_the_single_named_interface() {
+        let prev = |names: &[&str]| CniResult {
+            interfaces: names
+                .iter()
+                .map(|n| crate::types::Interface {
+                    name: n.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(chained_master(&prev(&["eth1"])).unwrap(), "eth1");
+        for bad in [&[][..], &[""][..], &["a", "b"][..]] {
+            assert_eq!(chained_master(&prev(bad)).unwrap_err().code, 7, "{bad:?}");
+        }
     }
 
     proptest::proptest! {
