@@ -117,7 +117,8 @@ fn same_attachment_as_reference() {
     }
 }
 
-/// CHECK refuses an attachment whose link no longer matches: wrong mode in the configuration, link gone.
+/// CHECK refuses an attachment whose link no longer matches: another mode or master in the configuration, the
+/// link gone.
 fn check_detects_drift() {
     require_root();
     let w = World::new();
@@ -133,6 +134,12 @@ fn check_detects_drift() {
         .check(&vepa, &att, &r)
         .expect_err("CHECK with another mode");
     assert!(o.msg().contains("mode"), "{o:?}");
+    w.nic("nic1", "lan1");
+    let other = mv_net(&w.sb, json!({"master": "nic1"}));
+    let o = rt
+        .check(&other, &att, &r)
+        .expect_err("CHECK with another master");
+    assert!(o.msg().contains("nic1"), "{o:?}");
     ip(&pod.name, &["link", "del", "eth0"]);
     rt.check(&net, &att, &r)
         .expect_err("CHECK with the link gone");

@@ -423,7 +423,8 @@ pub async fn del(ctx: &Ctx<'_>, args: &CmdArgs, c: &Common) -> Result<(), CniErr
 
 /// CHECK, as the reference: IPAM's CHECK, then the previous result names the pod interface in this
 /// namespace, the master exists, the pod interface is of the kind with the configured mode / VLAN ID (and MTU
-/// for vlan) and MAC, and holds the previous result's addresses and routes.
+/// for vlan) and MAC, and holds the previous result's addresses and routes; also (beyond the reference) the
+/// pod interface's master is that master.
 pub async fn check(
     ctx: &Ctx<'_>,
     args: &CmdArgs,
@@ -454,7 +455,7 @@ pub async fn check(
     } else {
         Netlink::current()?
     };
-    lookup_master(sub, conf, &maker, where_name(c)).await?;
+    let master = lookup_master(sub, conf, &maker, where_name(c)).await?;
     let link = pod.link_by_name(&args.ifname).await?.ok_or_else(|| {
         CniError::internal(format!(
             "CHECK: container interface {} not found",
@@ -463,6 +464,14 @@ pub async fn check(
     })?;
     let info = pod.sublink_info(link.index).await?.unwrap_or_default();
     check_kind(sub, &info, &link)?;
+    // Stricter than the reference, which only looks the master up: the link must hang off it (IFLA_LINK is the
+    // master's index in the master's namespace, the one it was looked up in).
+    if info.master != Some(master.index) {
+        return Err(CniError::internal(format!(
+            "CHECK: {} is not a sub-interface of the master {}",
+            args.ifname, master.name
+        )));
+    }
     if !intf.mac.is_empty() && link.mac.map(|m| m.to_string()).as_deref() != Some(&intf.mac) {
         return Err(CniError::internal(format!(
             "CHECK: interface {} MAC {} does not match the container's {}",
