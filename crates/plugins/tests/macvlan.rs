@@ -383,39 +383,11 @@ fn bad_input() {
 /// SIGKILL at points spread over an ADD: the next DEL leaves no link in the pod or the node and no IP.
 fn killed_add_then_del() {
     require_root();
-    let w = World::new();
-    let rt = w.sb.runtime(&Impl::ours());
-    let net = mv_net(&w.sb, json!({}));
-    let conf = net.plugin_conf(0, None);
-    let bin = Impl::ours().bin("macvlan");
-    // One ADD and DEL to learn how long an ADD takes here.
-    let pod = w.sb.pod(99);
-    let att = w.sb.att(99, &pod);
-    let full = rt.exec("macvlan", "ADD", Some(&att), &conf);
-    assert!(full.ok(), "{full:?}");
-    let took = full.elapsed;
-    rt.exec("macvlan", "DEL", Some(&att), &conf);
-    let mut jitter = Jitter::new();
-    for i in 0..8 {
-        let pod = w.sb.pod(i);
-        let att = w.sb.att(i, &pod);
-        let after = took * (i as u32) / 8 + jitter.below(took / 8 + Duration::from_micros(1));
-        exec_plugin_killed(
-            &bin,
-            Some(&w.sb.node.path()),
-            &rt.env_for("ADD", Some(&att)),
-            conf.to_string().as_bytes(),
-            after,
-        );
-        let out = rt.exec("macvlan", "DEL", Some(&att), &conf);
-        assert!(out.ok(), "DEL after a kill at {after:?}: {out:?}");
-        wait_only_lo(&pod);
-        assert!(
-            ip_files_of(&w.sb.path("ipam"), NET, &att.container_id).is_empty(),
-            "IP left after a kill at {after:?}"
-        );
-        assert_eq!(link_names(w.node()), vec!["lo", "nic0"]);
-    }
+    common::sublink::killed_add_then_del(
+        "macvlan",
+        NET,
+        &json!({"type": "macvlan", "master": "nic0", "mtu": 1400}),
+    );
 }
 
 /// The request that makes the link is iproute2's for the same link, byte for byte: each mode, with MTU, MAC and
@@ -563,8 +535,20 @@ fn dual_stack_as_reference() {
     assert_eq!(seen[0], seen[1], "ours vs reference");
 }
 
+/// The shared lifecycle the ipvlan and vlan tests run where their kernel support is present, run here on macvlan
+/// (so the helper itself is proven on this machine): ours and the reference agree.
+fn shared_lifecycle_on_macvlan() {
+    require_root();
+    let p = json!({"type": "macvlan", "master": "nic0", "mode": "private", "mtu": 1400});
+    let ours = lifecycle(&Impl::ours(), NET, &p);
+    let refr = lifecycle(&Impl::reference(), NET, &p);
+    assert_eq!(ours, refr);
+    assert_eq!(ours[0].link["mode"], "private");
+}
+
 testkit::main!(
     request_is_iproute2s,
+    shared_lifecycle_on_macvlan,
     dual_stack_as_reference,
     half_made_links_cleaned,
     same_attachment_as_reference,
