@@ -50,7 +50,8 @@ fn request_is_iproute2s() {
     }
 }
 
-/// Bad configurations: a wrong mode and a missing master, refused by both implementations with nothing made;
+/// Bad configurations: a wrong mode, a missing master and no master in a chain whose previous result has no
+/// single interface to take, refused by both implementations with nothing made;
 /// a negative MTU, an MTU above the master's and no addresses at all (no IPAM, no prevResult), which the
 /// reference only finds out after making the link or not at all, refused by ours before.
 fn bad_input() {
@@ -63,6 +64,12 @@ fn bad_input() {
         &[
             ("unknown mode", json!({"mode": "l4"})),
             ("missing master", json!({"master": "nope0"})),
+            (
+                "no master, a chain's prevResult with two interfaces",
+                json!({"master": null, "prevResult": {"cniVersion": "1.0.0",
+                    "interfaces": [{"name": "nic0"}, {"name": "eth9"}],
+                    "ips": [{"address": "10.244.20.50/24", "interface": 0}]}}),
+            ),
         ],
         true,
     );
@@ -100,8 +107,42 @@ fn killed_add_then_del() {
     common::sublink::killed_add_then_del("ipvlan", NET, &plugin("l2"));
 }
 
+/// In a chain without `master` and without IPAM, the master is the previous result's single interface and the
+/// addresses are its: on this kernel our ADD gets as far as asking for the ipvlan link on that master (the kernel
+/// refuses, code 100 naming ipvlan) and leaves nothing. Where ipvlan exists it is made and addressed.
+fn chained_without_ipam() {
+    require_root();
+    let w = World::new();
+    let rt = w.sb.runtime(&Impl::ours());
+    let pod = w.sb.pod(0);
+    let att = w.sb.att(0, &pod);
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "nic0"}],
+        "ips": [{"address": "10.244.20.50/24", "interface": 0}]});
+    let net = Net::new(NET, "1.0.0", vec![json!({"type": "ipvlan", "mode": "l2"})]);
+    let conf = net.plugin_conf(0, Some(&prev));
+    let out = rt.exec("ipvlan", "ADD", Some(&att), &conf);
+    if kernel_creates(&["ipvlan", "mode", "l2"]) {
+        assert!(out.ok(), "{out:?}");
+        let r = out.json();
+        assert_eq!(r["ips"][0]["address"], "10.244.20.50/24");
+        assert_eq!(addrs(&pod.name, "eth0"), vec!["10.244.20.50/24"]);
+        assert_eq!(
+            pod_link(&pod.name, "eth0")["master"],
+            index_of(w.node(), "nic0")
+        );
+        assert!(rt.exec("ipvlan", "DEL", Some(&att), &conf).ok());
+        wait_only_lo(&pod);
+    } else {
+        out.assert_err(100);
+        assert!(out.msg().contains("ipvlan"), "{out:?}");
+        assert_eq!(link_names(&pod.name), vec!["lo"]);
+        assert_eq!(link_names(w.node()), vec!["lo", "nic0"]);
+    }
+}
+
 testkit::main!(
     request_is_iproute2s,
+    chained_without_ipam,
     bad_input,
     same_attachment_as_reference,
     killed_add_then_del
