@@ -201,7 +201,12 @@ pub async fn remove_pod_links(ns: &Netns, ifname: &str) -> Result<(), CniError> 
     for l in pod.links().await? {
         if l.name == ifname {
             f.step(ifname, remove_attachment_link(ns, &pod, &l).await);
-        } else if l.name.starts_with(TOMB_PREFIX) && l.kind.as_deref() == Some("veth") {
+        } else if l.name.starts_with(TOMB_PREFIX)
+            && matches!(
+                l.kind.as_deref(),
+                Some("veth" | "macvlan" | "ipvlan" | "vlan")
+            )
+        {
             // Synchronously: this is the retry of a DEL that was killed, not the common path.
             f.step(
                 l.name.clone(),

@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod netns;
 pub mod route;
 pub mod spoofcheck;
+pub mod sublink;
 pub mod sysctl;
 pub mod tc;
 pub mod tun;

@@ -8,11 +8,15 @@ pub mod bridge;
 pub mod flannel;
 pub mod host_device;
 pub mod host_local;
+pub mod ipvlan;
 pub mod loopback;
+pub mod macvlan;
 pub mod portmap;
 pub mod ptp;
 pub mod static_ipam;
+pub mod sublink;
 pub mod tuning;
+pub mod vlan;
 
 use crate::plugin::{Ctx, DefaultExec, Plugin};
 use crate::skel;
@@ -29,6 +33,9 @@ pub static TABLE: &[Plugin] = &[
     ptp::PLUGIN,
     static_ipam::PLUGIN,
     host_device::PLUGIN,
+    macvlan::PLUGIN,
+    ipvlan::PLUGIN,
+    vlan::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -128,11 +135,14 @@ mod tests {
                 "portmap",
                 "ptp",
                 "static",
-                "host-device"
+                "host-device",
+                "macvlan",
+                "ipvlan",
+                "vlan"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
-        assert!(from_type("macvlan").is_none());
+        assert!(from_type("dhcp").is_none());
     }
 
     /// flannel delegates through the executor it is handed: the bridge config it rendered from subnet.env goes to
@@ -190,14 +200,14 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let exec = DefaultExec::new(TABLE);
         std::fs::copy(&me, dir.join("bridge")).unwrap();
-        std::fs::copy(&me, dir.join("macvlan")).unwrap();
+        std::fs::copy(&me, dir.join("dhcp")).unwrap();
         std::fs::write(dir.join("host-local"), "#!/bin/sh\nexit 0\n").unwrap();
         assert_eq!(
             exec.in_process(&dir.join("bridge")).map(|p| p.name),
             Some("bridge")
         );
         assert!(
-            exec.in_process(&dir.join("macvlan")).is_none(),
+            exec.in_process(&dir.join("dhcp")).is_none(),
             "not a type of ours"
         );
         assert!(

@@ -1038,3 +1038,9 @@ pub fn wait_no_veths(node: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+// ------------------------------------------------------------------------------------------------
+// The sub-interface plugins (macvlan, ipvlan, vlan): their world and request oracle
+// ------------------------------------------------------------------------------------------------
+
+pub mod sublink;

@@ -1,0 +1,5 @@
+//! The `ipvlan` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("ipvlan")
+}

@@ -1,0 +1,5 @@
+//! The `macvlan` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("macvlan")
+}

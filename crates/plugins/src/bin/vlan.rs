@@ -1,0 +1,5 @@
+//! The `vlan` CNI plugin executable.
+
+fn main() {
+    cni::plugins::main("vlan")
+}
