@@ -236,7 +236,38 @@ async fn remove_attachment_link(ns: &Netns, pod: &Netlink, l: &Link) -> Result<(
             ns.path().display()
         )));
     }
-    remove_pod_link(ns, pod, l.index).await
+    if l.kind.as_deref() == Some("veth") {
+        remove_pod_link(ns, pod, l.index).await
+    } else {
+        remove_pod_sublink(ns, pod, l.index).await
+    }
+}
+
+/// How long [`remove_pod_sublink`] waits for the detached deletion to take the link's name before deleting it
+/// itself (the kernel unlists a link a millisecond or so into its deletion; this bound only matters when the
+/// detached process could not run).
+const UNLIST_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Removes a macvlan, ipvlan or vlan pod interface: a detached process deletes it, and we return once the kernel
+/// has unlisted it (so traffic has stopped and the name is free for a new ADD), leaving the rest of the kernel's
+/// teardown, its RCU wait, to that process. Not [`remove_pod_link`]'s down-and-rename: taking a macvlan down
+/// waits for a full RCU grace period (`macvlan_stop` synchronises its hash removal unless the device is being
+/// dismantled), 15-20 ms with the rtnl lock held, which serialises every concurrent DEL on the node. Killed
+/// before the deletion, the link keeps its name and the retried DEL removes it.
+async fn remove_pod_sublink(ns: &Netns, pod: &Netlink, index: u32) -> Result<(), CniError> {
+    if kernel::link::delete_link_detached(ns, index).is_ok() {
+        let deadline = std::time::Instant::now() + UNLIST_TIMEOUT;
+        let mut nap = std::time::Duration::from_micros(200);
+        while std::time::Instant::now() < deadline {
+            if pod.link_by_index(index).await?.is_none() {
+                return Ok(());
+            }
+            tokio::time::sleep(nap).await;
+            nap = (nap * 2).min(std::time::Duration::from_millis(10));
+        }
+    }
+    pod.delete_link(index).await?;
+    Ok(())
 }
 
 /// Takes the pod's interface down and renames it out of the way at once (so traffic stops and the name is free

@@ -82,7 +82,7 @@ impl Family {
 
 /// The master link every macvlan subject's node has (a veth whose peer stays in the node: macvlan needs no
 /// carrier to be created).
-const MACVLAN_MASTER: &str = "bnic0";
+pub(crate) const MACVLAN_MASTER: &str = "bnic0";
 /// Prefix of the per-pod devices of a host-device subject's node (`bhd<i>`, pod `i`'s device).
 pub(crate) const HOSTDEV_PREFIX: &str = "bhd";
 

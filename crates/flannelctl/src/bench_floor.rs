@@ -105,7 +105,7 @@ pub(crate) fn kernel_work(
             let (a, d) = match f {
                 Family::Bridge | Family::Ptp => veth(&host, &pod_ns, i).await?,
                 Family::HostDevice => move_device(&host, &node_ns, &pod_ns, i).await?,
-                Family::Macvlan => return Ok((add, del)),
+                Family::Macvlan => macvlan(&host, &pod_ns).await?,
             };
             add.push(a);
             del.push(d);
@@ -162,5 +162,34 @@ async fn move_device(
     let t = Instant::now();
     pod.move_link_to_netns(moved.index, node_ns.raw_fd(), &name, None)
         .await?;
+    Ok((a, t.elapsed()))
+}
+
+/// A bridge-mode macvlan on the node's master, made in the pod namespace as `eth0` (one request, as the plugin
+/// sends it), then its deletion.
+async fn macvlan(host: &Netlink, pod_ns: &kernel::Netns) -> Result<(Duration, Duration)> {
+    use kernel::sublink::{MacvlanMode, SublinkKind, SublinkSpec};
+    let master = host
+        .link_by_name(crate::bench_cni::MACVLAN_MASTER)
+        .await?
+        .context("the floor node's macvlan master")?;
+    let t = Instant::now();
+    host.create_sublink(&SublinkSpec {
+        name: "eth0",
+        master: master.index,
+        kind: SublinkKind::Macvlan(MacvlanMode::Bridge),
+        mtu: None,
+        mac: None,
+        netns_fd: Some(pod_ns.raw_fd()),
+    })
+    .await?;
+    let a = t.elapsed();
+    let pod = Netlink::in_netns(pod_ns)?;
+    let l = pod
+        .link_by_name("eth0")
+        .await?
+        .context("the macvlan in the pod")?;
+    let t = Instant::now();
+    pod.delete_link(l.index).await?;
     Ok((a, t.elapsed()))
 }

@@ -356,6 +356,13 @@ pub fn lifecycle(imp: &Impl, name: &str, plugin: &Value) -> Vec<PodView> {
             .unwrap_or_else(|o| panic!("{} CHECK {i}: {o:?}", imp.label));
         rt.del(&net, &att, Some(&r))
             .unwrap_or_else(|o| panic!("{} DEL {i}: {o:?}", imp.label));
+        // The runtime may ADD the same attachment again at once (a retried sandbox): DEL has freed the name
+        // when it returns, whatever of the kernel's teardown it left to run after it.
+        let again = rt
+            .add(&net, &att)
+            .unwrap_or_else(|o| panic!("{} ADD {i} right after its DEL: {o:?}", imp.label));
+        rt.del(&net, &att, Some(&again))
+            .unwrap_or_else(|o| panic!("{} DEL {i} of the re-ADD: {o:?}", imp.label));
         wait_only_lo(&pod);
         rt.del(&net, &att, Some(&r))
             .unwrap_or_else(|o| panic!("{} DEL {i} again: {o:?}", imp.label));
