@@ -11,6 +11,7 @@ pub mod link;
 pub mod neigh;
 pub mod netlink;
 pub mod netns;
+pub mod packet_socket;
 pub mod route;
 pub mod spoofcheck;
 pub mod sysctl;

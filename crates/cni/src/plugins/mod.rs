@@ -5,6 +5,7 @@
 
 pub mod bandwidth;
 pub mod bridge;
+pub mod dhcp;
 pub mod flannel;
 pub mod host_local;
 pub mod loopback;
@@ -25,6 +26,7 @@ pub static TABLE: &[Plugin] = &[
     bandwidth::PLUGIN,
     portmap::PLUGIN,
     ptp::PLUGIN,
+    dhcp::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -122,7 +124,8 @@ mod tests {
                 "tuning",
                 "bandwidth",
                 "portmap",
-                "ptp"
+                "ptp",
+                "dhcp"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
