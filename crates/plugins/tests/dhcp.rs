@@ -443,7 +443,11 @@ fn reference_bridge_with_our_dhcp() {
         .unwrap_or_else(|o| panic!("{o:?}\n{}", lan.daemon_log()));
     let r_ours = ours.add(&net, &a1).expect("ours ADD");
     assert_eq!(ipam_shape(&r_ref), ipam_shape(&r_ours), "{r_ref}\n{r_ours}");
-    assert!(lan.server_log().contains("broadcast response"), "{}", lan.server_log());
+    assert!(
+        lan.server_log().contains("broadcast response"),
+        "{}",
+        lan.server_log()
+    );
     assert!(ping(&pods[0].name, &ip_of(&r_ours)));
     rt.del(&net, &a0, None).expect("DEL");
     rt.del(&net, &a0, None).expect("DEL again");
@@ -593,9 +597,57 @@ fn sigkill_during_add_then_del_releases() {
     assert!(veths(&lan.sb.node.name).is_empty(), "veth left on the node");
 }
 
+/// No server after the lease was taken: the daemon tries to renew (unicast) from T1, to rebind (broadcast) from
+/// T2, and at expiry brings the pod interface down, as the reference. The expired lease is no lease: the next
+/// ADD acquires anew (the interface goes up again) once a server answers.
+fn lease_expires_without_server() {
+    require_root();
+    let mut lan = Lan::new();
+    lan.start_server(false);
+    lan.start_daemon(&dhcp_bin(), &["-resendmax", "8s"]);
+    let net = lan.net("1.0.0");
+    let rt = lan.sb.runtime(&Impl::ours());
+    let pod = lan.sb.pod(0);
+    let att = lan.sb.att(0, &pod);
+    let r = rt.add(&net, &att).expect("ADD");
+    let ip = ip_of(&r);
+    drop(lan.dnsmasq.take());
+    let up = |ns: &str| {
+        link(ns, "eth0").is_some_and(|l| {
+            l["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|x| x == "UP"))
+        })
+    };
+    assert!(up(&pod.name));
+    // Expiry is 120 s after the ACK; the bound only keeps a broken expiry from hanging the suite.
+    assert!(
+        wait_for(Duration::from_secs(160), || !up(&pod.name)),
+        "eth0 still up: {}",
+        lan.daemon_log()
+    );
+    let log = lan.daemon_log();
+    for step in ["renewing lease", "lease expired"] {
+        assert!(log.contains(step), "{step}: {log}");
+    }
+    lan.start_server(false);
+    let conf = net.plugin_conf(0, None);
+    let out = rt.exec("dhcp", "ADD", Some(&att), &conf);
+    assert!(out.ok(), "{out:?}\n{}", lan.daemon_log());
+    assert_eq!(
+        ip_of(&out.json()),
+        ip,
+        "the server keeps the address of the client id"
+    );
+    assert!(up(&pod.name), "the daemon brought eth0 up again");
+    rt.del(&net, &att, None).expect("DEL");
+    assert!(lan.released(&ip), "{:?}", lan.leases());
+}
+
 testkit::main!(
     lease_obtained_used_and_released,
     lease_renewed,
+    lease_expires_without_server,
     reference_bridge_with_our_dhcp,
     result_shape_as_reference_daemon,
     no_server_is_try_again_later,

@@ -260,11 +260,20 @@ async fn add(
             // Leave nothing behind: the veth pair, the IP, the masquerade rules, each step whatever the others
             // did; what could not be undone is reported with the error (the runtime's DEL retries it).
             let mut f = Failures::new();
+            // dhcp's release leaves through the pod interface: IPAM first then (see `del`).
+            let ipam_first = undo.ipam.as_deref() == Some("dhcp");
+            if ipam_first {
+                if let Some(t) = &undo.ipam {
+                    f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, t).await);
+                }
+            }
             if let Some(hv) = &undo.host_veth {
                 f.step("veth", attach::delete_host_veth(&host, hv).await);
             }
-            if let Some(t) = undo.ipam {
-                f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, &t).await);
+            if !ipam_first {
+                if let Some(t) = &undo.ipam {
+                    f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, t).await);
+                }
             }
             if bc.ip_masq {
                 f.step("ipMasq", attach::masq_teardown(&conf.name, args));
