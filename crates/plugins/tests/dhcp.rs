@@ -399,6 +399,7 @@ fn lease_renewed() {
     // T1 is 60 s; the bound only keeps a broken renewal from hanging the suite.
     let renewed = wait_for(Duration::from_secs(100), || {
         lan.lease_of(&ip).is_some_and(|(e, _)| e > first)
+            && lan.daemon_log().contains("lease renewed")
     });
     assert!(
         renewed,
@@ -644,10 +645,61 @@ fn lease_expires_without_server() {
     assert!(lan.released(&ip), "{:?}", lan.leases());
 }
 
+/// The server unreachable by unicast (the node drops DHCP packets addressed to it; broadcasts pass): the
+/// renewals from T1 go unanswered, the broadcast REQUEST from T2 (rebinding) gets the lease extended.
+fn lease_rebound_by_broadcast() {
+    require_root();
+    let mut lan = Lan::new();
+    lan.start_server(false);
+    lan.start_daemon(&dhcp_bin(), &["-resendmax", "8s"]);
+    let net = lan.net("1.0.0");
+    let rt = lan.sb.runtime(&Impl::ours());
+    let pod = lan.sb.pod(0);
+    let att = lan.sb.att(0, &pod);
+    let r = rt.add(&net, &att).expect("ADD");
+    let ip = ip_of(&r);
+    let (first, _) = lan.lease_of(&ip).expect("lease");
+    let nft = |script: &str| {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &lan.sb.node.name, "nft", "-f", "-"])
+            .stdin(Stdio::piped());
+        let mut child = c.spawn().expect("run nft");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(script.as_bytes())
+            .expect("write nft script");
+        assert!(child.wait().expect("wait nft").success(), "nft: {script}");
+    };
+    nft(&format!(
+        "table ip dhcptest {{\n chain filter_in {{\n  type filter hook input priority 0;\n  \
+         ip daddr {SERVER} udp dport 67 drop\n }}\n}}\n"
+    ));
+    // T2 is 105 s after the ACK; the bound only keeps a broken rebinding from hanging the suite.
+    // The server writes its lease file before its ACK reaches the daemon: both are waited for.
+    let extended = wait_for(Duration::from_secs(150), || {
+        lan.lease_of(&ip).is_some_and(|(e, _)| e > first)
+            && lan.daemon_log().contains("lease rebound")
+    });
+    let log = lan.daemon_log();
+    assert!(extended, "lease not rebound: {:?}\n{log}", lan.leases());
+    assert!(
+        !log.contains("lease renewed"),
+        "unicast renewals were dropped: {log}"
+    );
+    // DHCPRELEASE is unicast: let it through again.
+    nft("delete table ip dhcptest");
+    rt.del(&net, &att, None).expect("DEL");
+    assert!(lan.released(&ip), "{:?}", lan.leases());
+}
+
 testkit::main!(
     lease_obtained_used_and_released,
     lease_renewed,
     lease_expires_without_server,
+    lease_rebound_by_broadcast,
     reference_bridge_with_our_dhcp,
     result_shape_as_reference_daemon,
     no_server_is_try_again_later,
