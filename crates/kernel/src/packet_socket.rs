@@ -4,7 +4,9 @@
 //! packet socket sees every IPv4 frame the interface receives, whatever its IP destination.
 //!
 //! `SOCK_DGRAM` (cooked) sockets: the kernel adds and strips the Ethernet header, the caller handles IP and up;
-//! the source MAC of each received frame is reported, so a client can unicast to the server later without ARP.
+//! the source MAC of each received frame is reported. Once the interface holds its address, unicast goes through
+//! the kernel's UDP stack instead ([`send_udp_via`]), which resolves the server's MAC when it is sent (a MAC
+//! remembered from a reply can go stale: a Linux bridge's own MAC changes with its ports).
 //!
 //! A socket belongs to the network namespace it was created in: create it on a thread inside the pod's namespace
 //! ([`crate::Netns::run`] with [`PacketSocket::open_fd`]), then wrap it with [`PacketSocket::from_fd`] in the
@@ -165,4 +167,92 @@ impl PacketSocket {
             }
         }
     }
+}
+
+/// Sends one UDP datagram from `src` to `dst` through interface `ifname` with a kernel UDP socket, made and
+/// closed in the calling thread's namespace: the kernel resolves the next hop's MAC (ARP) and routes. For a
+/// client whose interface holds `src` already (a DHCP renewal or release, unicast to the server); fails when it
+/// does not (`EADDRNOTAVAIL`). `SO_REUSEADDR`, so a DHCP client already on the port does not stop it.
+pub fn send_udp_via(
+    ifname: &str,
+    src: std::net::SocketAddrV4,
+    dst: std::net::SocketAddrV4,
+    payload: &[u8],
+) -> Result<()> {
+    let err = |op: &str| {
+        Error::io(
+            format!("{op} ({src} to {dst} via {ifname})"),
+            std::io::Error::last_os_error(),
+        )
+    };
+    // SAFETY: plain socket(2); the result is checked and owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(err("open UDP socket"));
+    }
+    // SAFETY: `raw` is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let one: libc::c_int = 1;
+    // SAFETY: the option values are valid for the lengths given.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            std::ptr::from_ref(&one).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(err("set SO_REUSEADDR"));
+    }
+    // SAFETY: as above; the name's bytes are valid for its length.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            ifname.as_ptr().cast(),
+            ifname.len() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(err("bind UDP socket to the device"));
+    }
+    let sin = |a: std::net::SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*a.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let local = sin(src);
+    // SAFETY: `local` is a valid sockaddr_in of the size given.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            std::ptr::from_ref(&local).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if rc < 0 {
+        return Err(err("bind UDP socket"));
+    }
+    let remote = sin(dst);
+    // SAFETY: the buffer and address are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            std::ptr::from_ref(&remote).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(err("send UDP datagram"));
+    }
+    Ok(())
 }

@@ -88,7 +88,20 @@ impl Lan {
     fn new() -> Self {
         let sb = Sandbox::new();
         let node = sb.node.name.clone();
-        ip(&node, &["link", "add", BRIDGE, "type", "bridge"]);
+        // A MAC of its own: a bridge without one takes its lowest port's, so the server's MAC would change
+        // under the pods' ARP caches as pods come and go.
+        ip(
+            &node,
+            &[
+                "link",
+                "add",
+                BRIDGE,
+                "address",
+                "02:00:0a:f4:32:01",
+                "type",
+                "bridge",
+            ],
+        );
         ip(
             &node,
             &["addr", "add", &format!("{SERVER}/24"), "dev", BRIDGE],
@@ -365,7 +378,13 @@ fn lease_obtained_used_and_released() {
 
     // Pod 1: DEL with the pod's namespace gone already succeeds (its lease expires on the server).
     rt.del(&net, &atts[1], None).expect("DEL 1");
-    assert!(lan.released(&ips[1]), "{:?}", lan.leases());
+    assert!(
+        lan.released(&ips[1]),
+        "{:?}\nserver: {}\ndaemon: {}",
+        lan.leases(),
+        lan.server_log(),
+        lan.daemon_log()
+    );
     pods[1].delete();
     rt.del(&net, &atts[1], None)
         .expect("DEL 1 with the pod gone");
@@ -591,9 +610,10 @@ fn sigkill_during_add_then_del_releases() {
     rt.del(&net, &att, None).expect("DEL after the killed ADD");
     assert!(
         lan.released_cid(&cid),
-        "lease not released: {:?}\n{}",
+        "lease not released: {:?}\n{}\n{}",
         lan.leases(),
-        lan.daemon_log()
+        lan.daemon_log(),
+        lan.server_log()
     );
     assert!(veths(&lan.sb.node.name).is_empty(), "veth left on the node");
 }

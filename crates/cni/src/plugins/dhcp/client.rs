@@ -18,6 +18,8 @@ pub const RESEND_DELAY_MAX: Duration = Duration::from_secs(62);
 const RESEND_FAST: Duration = Duration::from_secs(2);
 const RESEND_FAST_COUNT: u32 = 4;
 const BROADCAST_MAC: Mac = Mac([0xff; 6]);
+/// How long a DHCPRELEASE is given to leave before DEL goes on.
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
 
 /// The daemon's client settings (its flags).
 #[derive(Debug, Clone, Copy)]
@@ -83,8 +85,6 @@ fn random_xid() -> u32 {
 #[derive(Debug, Clone)]
 pub struct Bound {
     pub ack: Message,
-    /// The link-layer sender of the ACK: the server, or the relay towards it (renewals go there).
-    pub server_mac: Mac,
     /// Option 54 of the ACK (or of the OFFER it answered).
     pub server_id: Ipv4Addr,
     /// When the request the ACK answered was sent: the lease times count from then (RFC 2131 4.4.1).
@@ -93,6 +93,9 @@ pub struct Bound {
 
 /// A packet socket on the pod interface, with what the messages need from the interface.
 pub struct Client {
+    ns: Netns,
+    nl: Netlink,
+    index: u32,
     sock: PacketSocket,
     mac: [u8; 6],
     ifname: String,
@@ -129,6 +132,9 @@ impl Client {
         let fd = ns.run(move || PacketSocket::open_fd(index))??;
         let sock = PacketSocket::from_fd(fd, index)?;
         Ok(Self {
+            ns,
+            nl,
+            index,
             sock,
             mac: mac.0,
             ifname: ifname.to_string(),
@@ -157,6 +163,55 @@ impl Client {
     ) -> Result<(), CniError> {
         let p = msg::frame(src, dst, &m.encode());
         self.sock.send(&p, mac).await.map_err(CniError::from)
+    }
+
+    /// Unicast to the server from the leased address: through the kernel's UDP stack, which finds the server's
+    /// (or the router's) MAC; when the interface does not hold the address (a main plugin that did not
+    /// configure it), the packet socket sends it to the link's broadcast MAC (still IP unicast: only the server
+    /// takes it, hosts do not forward what did not come to their MAC).
+    async fn send_unicast(
+        &self,
+        m: &Message,
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+    ) -> Result<(), CniError> {
+        // A socket bound to the device takes any source address and treats the server as on-link; without the
+        // address on the interface the server's ARP answer would be dropped, and the packet with it.
+        let holds = self
+            .nl
+            .addresses(self.index)
+            .await
+            .is_ok_and(|a| a.iter().any(|x| x.net.addr() == std::net::IpAddr::V4(src)));
+        if !holds {
+            return self.send(m, src, dst, BROADCAST_MAC).await;
+        }
+        let bytes = m.encode();
+        let ifname = self.ifname.clone();
+        let kernel_path = self.ns.run(move || {
+            kernel::packet_socket::send_udp_via(
+                &ifname,
+                std::net::SocketAddrV4::new(src, msg::CLIENT_PORT),
+                std::net::SocketAddrV4::new(dst, msg::SERVER_PORT),
+                &bytes,
+            )
+        });
+        match kernel_path {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                super::log(&format!(
+                    "{}: {e}: sent through the packet socket",
+                    self.ifname
+                ));
+                self.send(m, src, dst, BROADCAST_MAC).await
+            }
+            Err(e) => {
+                super::log(&format!(
+                    "{}: {e}: sent through the packet socket",
+                    self.ifname
+                ));
+                self.send(m, src, dst, BROADCAST_MAC).await
+            }
+        }
     }
 
     /// The next reply to `xid` of one of the types `want`, until `until`; anything else is ignored.
@@ -239,11 +294,10 @@ impl Client {
                 .await?;
                 let until = deadline.min(Instant::now() + backoff.next_delay());
                 match self.reply(xid, &[MsgType::Ack, MsgType::Nak], until).await {
-                    Some((ack, from)) if ack.msg_type() == Some(MsgType::Ack) => {
+                    Some((ack, _)) if ack.msg_type() == Some(MsgType::Ack) => {
                         return Ok(Bound {
                             server_id: ack.get_ip(opt::SERVER_ID).unwrap_or(server_id),
                             ack,
-                            server_mac: from,
                             since,
                         });
                     }
@@ -286,7 +340,7 @@ impl Client {
         m.ciaddr = lease.ack.yiaddr;
         let since = Instant::now();
         if unicast {
-            self.send(&m, lease.ack.yiaddr, lease.server_id, lease.server_mac)
+            self.send_unicast(&m, lease.ack.yiaddr, lease.server_id)
                 .await?;
         } else {
             self.send(&m, lease.ack.yiaddr, Ipv4Addr::BROADCAST, BROADCAST_MAC)
@@ -294,9 +348,8 @@ impl Client {
         }
         match self.reply(xid, &[MsgType::Ack, MsgType::Nak], until).await {
             None => Ok(None),
-            Some((ack, from)) if ack.msg_type() == Some(MsgType::Ack) => Ok(Some(Bound {
+            Some((ack, _)) if ack.msg_type() == Some(MsgType::Ack) => Ok(Some(Bound {
                 server_id: ack.get_ip(opt::SERVER_ID).unwrap_or(lease.server_id),
-                server_mac: if unicast { lease.server_mac } else { from },
                 ack,
                 since,
             })),
@@ -311,8 +364,13 @@ impl Client {
         let mut m = self.message(random_xid(), MsgType::Release, id, None);
         m.ciaddr = lease.ack.yiaddr;
         m.set(opt::SERVER_ID, lease.server_id.octets().to_vec());
-        self.send(&m, lease.ack.yiaddr, lease.server_id, lease.server_mac)
-            .await
+        self.send_unicast(&m, lease.ack.yiaddr, lease.server_id)
+            .await?;
+        // No answer confirms a release, and the caller (a main plugin's DEL) deletes the interface next: on a
+        // veth the frame may still wait in the peer's receive backlog, which a deletion flushes. A moment lets it
+        // through.
+        tokio::time::sleep(RELEASE_GRACE).await;
+        Ok(())
     }
 }
 

@@ -440,14 +440,19 @@ pub fn run(conf: DaemonConf) -> Result<(), String> {
                 p.display()
             ));
         }
-        std::fs::write(p, std::process::id().to_string())
-            .map_err(|e| format!("Error writing pidfile \"{}\": {e}", p.display()))?;
     }
     let socket = PathBuf::from(format!("{}{}", conf.host_prefix, conf.socket_path));
     let std_listener = match activated_listener()? {
         Some(l) => l,
         None => bind(&socket)?,
     };
+    // The pidfile once the socket is ours: a second daemon that cannot listen leaves the first one's file alone.
+    if let Some(p) = &conf.pidfile {
+        std::fs::write(p, std::process::id().to_string()).map_err(|e| {
+            let _ = std::fs::remove_file(&socket);
+            format!("Error writing pidfile \"{}\": {e}", p.display())
+        })?;
+    }
     std_listener
         .set_nonblocking(true)
         .map_err(|e| format!("socket: {e}"))?;
