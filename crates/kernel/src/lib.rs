@@ -12,6 +12,7 @@ pub mod link;
 pub mod neigh;
 pub mod netlink;
 pub mod netns;
+pub mod packet_socket;
 pub mod route;
 pub mod spoofcheck;
 pub mod sublink;

@@ -260,11 +260,20 @@ async fn add(
             // Leave nothing behind: the veth pair, the IP, the masquerade rules, each step whatever the others
             // did; what could not be undone is reported with the error (the runtime's DEL retries it).
             let mut f = Failures::new();
+            // dhcp's release leaves through the pod interface: IPAM first then (see `del`).
+            let ipam_first = undo.ipam.as_deref() == Some("dhcp");
+            if ipam_first {
+                if let Some(t) = &undo.ipam {
+                    f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, t).await);
+                }
+            }
             if let Some(hv) = &undo.host_veth {
                 f.step("veth", attach::delete_host_veth(&host, hv).await);
             }
-            if let Some(t) = undo.ipam {
-                f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, &t).await);
+            if !ipam_first {
+                if let Some(t) = &undo.ipam {
+                    f.step(format!("IPAM ({t})"), attach::ipam_del(ctx, args, t).await);
+                }
             }
             if bc.ip_masq {
                 f.step("ipMasq", attach::masq_teardown(&conf.name, args));
@@ -301,14 +310,6 @@ async fn add_inner(
         cni_version: conf.version().to_string(),
         ..Default::default()
     };
-    if let Some(t) = &bc.ipam_type {
-        undo.ipam = Some(t.clone());
-        let r = attach::ipam_add(ctx, args, t).await?;
-        result.ips = r.ips;
-        result.routes = r.routes;
-        result.dns = r.dns;
-    }
-
     let host_name = attach::host_veth_name()?;
     undo.host_veth = Some(host_name.clone());
     let (hv, cv) = attach::create_veth_pair(
@@ -344,6 +345,14 @@ async fn add_inner(
             &args.container_id,
             &args.ifname,
         )?;
+    }
+    // IPAM runs once the pod interface exists, as the reference's: the dhcp plugin's client runs on it.
+    if let Some(t) = &bc.ipam_type {
+        undo.ipam = Some(t.clone());
+        let r = attach::ipam_add(ctx, args, t).await?;
+        result.ips = r.ips;
+        result.routes = r.routes;
+        result.dns = r.dns;
     }
     let has_v6 = result.ips.iter().any(|i| i.address.addr().is_ipv6());
     if has_v6 {
@@ -585,17 +594,34 @@ async fn del(
     // Every step runs whatever happened to the others, so one failure leaves as little as possible behind for
     // the runtime's retry; each step is idempotent.
     let mut f = Failures::new();
+    // IPAM goes after the pod interface, as the reference's (no address handed out again while the old interface
+    // still holds it), except dhcp: its DHCPRELEASE leaves through the pod interface, so it must still be there.
+    let ipam_first = bc.ipam_type.as_deref() == Some("dhcp");
+    let ipam_del = || async {
+        match &bc.ipam_type {
+            Some(t) => ctx
+                .delegate(t, args, args.stdin.clone())
+                .await
+                .map_err(|e| (t.clone(), e))
+                .map(|_| ()),
+            None => Ok(()),
+        }
+    };
+    if ipam_first {
+        if let Err((t, e)) = ipam_del().await {
+            f.step(format!("IPAM ({t})"), Err::<(), _>(e));
+        }
+    }
     if let Some(ns) = &ns {
         f.step(
             "pod interface",
             attach::remove_pod_links(ns, &args.ifname).await,
         );
     }
-    if let Some(t) = &bc.ipam_type {
-        f.step(
-            format!("IPAM ({t})"),
-            ctx.delegate(t, args, args.stdin.clone()).await,
-        );
+    if !ipam_first {
+        if let Err((t, e)) = ipam_del().await {
+            f.step(format!("IPAM ({t})"), Err::<(), _>(e));
+        }
     }
     if bc.macspoofchk {
         // Keyed by the attachment, so it goes even when the interface (and its namespace) already went.

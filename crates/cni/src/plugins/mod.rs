@@ -5,6 +5,7 @@
 
 pub mod bandwidth;
 pub mod bridge;
+pub mod dhcp;
 pub mod flannel;
 pub mod host_device;
 pub mod host_local;
@@ -36,6 +37,7 @@ pub static TABLE: &[Plugin] = &[
     macvlan::PLUGIN,
     ipvlan::PLUGIN,
     vlan::PLUGIN,
+    dhcp::PLUGIN,
 ];
 
 /// The plugin for a CNI `type`, if it is one of ours.
@@ -138,11 +140,12 @@ mod tests {
                 "host-device",
                 "macvlan",
                 "ipvlan",
-                "vlan"
+                "vlan",
+                "dhcp"
             ]
         );
         assert_eq!(from_type("bridge").map(|p| p.name), Some("bridge"));
-        assert!(from_type("dhcp").is_none());
+        assert!(from_type("sbr").is_none());
     }
 
     /// flannel delegates through the executor it is handed: the bridge config it rendered from subnet.env goes to
@@ -200,14 +203,14 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         let exec = DefaultExec::new(TABLE);
         std::fs::copy(&me, dir.join("bridge")).unwrap();
-        std::fs::copy(&me, dir.join("dhcp")).unwrap();
+        std::fs::copy(&me, dir.join("sbr")).unwrap();
         std::fs::write(dir.join("host-local"), "#!/bin/sh\nexit 0\n").unwrap();
         assert_eq!(
             exec.in_process(&dir.join("bridge")).map(|p| p.name),
             Some("bridge")
         );
         assert!(
-            exec.in_process(&dir.join("dhcp")).is_none(),
+            exec.in_process(&dir.join("sbr")).is_none(),
             "not a type of ours"
         );
         assert!(
