@@ -17,13 +17,20 @@ use std::path::{Path, PathBuf};
 /// What our image ships: every plugin of this build (`cni::plugins::TABLE`): those upstream's conflist names
 /// (`flannel` → `bridge` → `host-local`, then `portmap` for hostPort), `loopback`, which every runtime calls for
 /// the pod's `lo`, and the chained `tuning` and `bandwidth` that clusters add (sysctls; the
-/// ingress/egress-bandwidth pod annotations). A plugin added to the table is installed without a change here.
+/// ingress/egress-bandwidth pod annotations). A plugin added to the table is installed without a change here,
+/// except those in [`OPT_IN`].
 pub fn default_plugins() -> Vec<String> {
     cni::plugins::TABLE
         .iter()
+        .filter(|p| !OPT_IN.contains(&p.name))
         .map(|p| p.name.to_string())
         .collect()
 }
+
+/// Plugins installed only when `--plugins` names them. `dhcp`: our plugin speaks to our `dhcp daemon` only (not
+/// the reference's Go net/rpc), so writing it over the reference's `dhcp` of a node that runs the reference
+/// daemon would break every dhcp attachment there, and our manifest runs no daemon.
+pub const OPT_IN: &[&str] = &["dhcp"];
 
 /// Marks our temporary files, so a run killed half-way leaves nothing the next run does not remove.
 const TMP_MARK: &str = ".flannel-install-";
@@ -344,6 +351,23 @@ mod tests {
         }
     }
 
+    /// The reference's daemon cannot serve our dhcp plugin: it is never written over a node's by default.
+    #[test]
+    fn dhcp_is_installed_only_when_asked_for() {
+        let d = default_plugins();
+        assert!(!d.iter().any(|p| p == "dhcp"), "{d:?}");
+        assert!(d.iter().any(|p| p == "bridge") && d.iter().any(|p| p == "macvlan"));
+        assert_eq!(d.len() + OPT_IN.len(), cni::plugins::TABLE.len());
+        let t = tmp("optin");
+        let mut o = opts(&t);
+        fs::write(t.0.join("src").join("dhcp"), "#!/bin/sh\necho dhcp\n").unwrap();
+        install(&o).unwrap();
+        assert!(!o.cni_bin_dir.join("dhcp").exists());
+        o.plugins.push("dhcp".into());
+        install(&o).unwrap();
+        assert!(o.cni_bin_dir.join("dhcp").is_file());
+    }
+
     #[test]
     fn installs_plugins_then_the_conflist_last_and_reports_missing() {
         let t = tmp("order");
@@ -397,9 +421,9 @@ mod tests {
         }
         let t = tmp("nosrc");
         let mut o = opts(&t);
-        o.plugins.push("vlan".into());
+        o.plugins.push("sbr".into());
         let e = install(&o).unwrap_err();
-        assert!(e.to_string().contains("vlan"), "{e}");
+        assert!(e.to_string().contains("sbr"), "{e}");
         assert!(!o.cni_bin_dir.exists());
         for name in ["../x.conflist", "10-flannel.conf", ""] {
             let t = tmp("name");

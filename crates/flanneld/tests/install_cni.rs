@@ -9,9 +9,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// What `install-cni` installs by default: every plugin of this build.
-static PLUGINS: std::sync::LazyLock<Vec<&'static str>> =
-    std::sync::LazyLock::new(|| cni::plugins::TABLE.iter().map(|p| p.name).collect());
+/// What `install-cni` installs by default: every plugin of this build but `dhcp` (opt-in).
+static PLUGINS: std::sync::LazyLock<Vec<&'static str>> = std::sync::LazyLock::new(|| {
+    cni::plugins::TABLE
+        .iter()
+        .map(|p| p.name)
+        .filter(|n| *n != "dhcp")
+        .collect()
+});
 const LIST: &str = r#"{"name":"cbr0","cniVersion":"0.3.1","plugins":[{"type":"flannel","delegate":{"hairpinMode":true,"isDefaultGateway":true}},{"type":"portmap","capabilities":{"portMappings":true}}]}"#;
 
 fn flanneld() -> PathBuf {
