@@ -421,3 +421,36 @@ pub async fn open_for_add(args: &CmdArgs) -> Result<(Netns, Netlink, Netlink), C
     }
     Ok((ns, host, pod))
 }
+
+/// CHECK's common part: the pod interface `ifname` (index `index` in `pod`) holds every address of `prev`, and the
+/// pod has every route of `prev` (with its gateway, when it names one), as the reference's
+/// `ValidateExpectedInterfaceIPs` and `ValidateExpectedRoute`.
+pub async fn check_ips_and_routes(
+    pod: &Netlink,
+    index: u32,
+    ifname: &str,
+    prev: &CniResult,
+) -> Result<(), CniError> {
+    let addrs = pod.addresses(index).await?;
+    for ip in &prev.ips {
+        if !addrs.iter().any(|a| a.net == ip.address) {
+            return Err(CniError::internal(format!(
+                "CHECK: {ifname} has no address {}",
+                ip.address
+            )));
+        }
+    }
+    for r in &prev.routes {
+        let routes = pod.routes(r.dst.addr().is_ipv6()).await?;
+        if !routes
+            .iter()
+            .any(|k| k.dst == r.dst.trunc() && (r.gw.is_none() || k.gateway == r.gw))
+        {
+            return Err(CniError::internal(format!(
+                "CHECK: route to {} not found in the pod",
+                r.dst
+            )));
+        }
+    }
+    Ok(())
+}

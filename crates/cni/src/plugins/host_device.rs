@@ -475,28 +475,7 @@ async fn check(
             )));
         }
     }
-    let addrs = pod.addresses(link.index).await?;
-    for ip in &prev.ips {
-        if !addrs.iter().any(|a| a.net == ip.address) {
-            return Err(CniError::internal(format!(
-                "Failed to match addr {} on interface {}",
-                ip.address, args.ifname
-            )));
-        }
-    }
-    for r in &prev.routes {
-        let routes = pod.routes(r.dst.addr().is_ipv6()).await?;
-        if !routes
-            .iter()
-            .any(|k| k.dst == r.dst && (r.gw.is_none() || k.gateway == r.gw))
-        {
-            return Err(CniError::internal(format!(
-                "Failed to match route {} in the pod",
-                r.dst
-            )));
-        }
-    }
-    Ok(())
+    crate::attach::check_ips_and_routes(&pod, link.index, &args.ifname, &prev).await
 }
 
 #[cfg(test)]

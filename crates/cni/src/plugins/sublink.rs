@@ -480,28 +480,7 @@ pub async fn check(
             link.mac.map(|m| m.to_string()).unwrap_or_default()
         )));
     }
-    let addrs = pod.addresses(link.index).await?;
-    for ip in &prev.ips {
-        if !addrs.iter().any(|a| a.net == ip.address) {
-            return Err(CniError::internal(format!(
-                "CHECK: {} has no address {}",
-                args.ifname, ip.address
-            )));
-        }
-    }
-    for r in &prev.routes {
-        let routes = pod.routes(r.dst.addr().is_ipv6()).await?;
-        if !routes
-            .iter()
-            .any(|k| k.dst == r.dst.trunc() && (r.gw.is_none() || k.gateway == r.gw))
-        {
-            return Err(CniError::internal(format!(
-                "CHECK: route to {} not found in the pod",
-                r.dst
-            )));
-        }
-    }
-    Ok(())
+    crate::attach::check_ips_and_routes(&pod, link.index, &args.ifname, &prev).await
 }
 
 /// The pod interface is of the configured kind and settings.
