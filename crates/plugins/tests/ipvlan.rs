@@ -1,6 +1,6 @@
 //! The `ipvlan` plugin. This kernel may lack ipvlan (the test machine's does): the tests that make links run only
 //! where a throwaway namespace can make one, and report "not run" elsewhere. What runs everywhere: the request
-//! that makes the link is iproute2's for the same link, byte for byte (strace shows the bytes even when the
+//! that makes the link is iproute2's for the same link, byte for byte (a preloaded `sendmsg` records the bytes even when the
 //! kernel refuses them), and bad configurations are refused before any link is made, as the reference refuses
 //! them.
 

@@ -1,5 +1,5 @@
 //! What the macvlan, ipvlan and vlan tests share: a node whose NIC is wired to a LAN namespace, views of a pod's
-//! sub-interface, whether the kernel can make a kind of link, and iproute2's `RTM_NEWLINK` bytes (from strace) to
+//! sub-interface, whether the kernel can make a kind of link, and iproute2's `RTM_NEWLINK` bytes (recorded by a preloaded `sendmsg`) to
 //! compare the plugins' requests with.
 
 use super::*;
@@ -180,10 +180,11 @@ const RTM_NEWLINK: u16 = 16;
 /// `IFLA_NET_NS_FD`.
 const IFLA_NET_NS_FD: u16 = 28;
 
-/// The `RTM_NEWLINK` request iproute2 sends for `ip link add link m0 name <name> <args...>`, run under strace in
-/// a throwaway namespace where `m0` is a veth; `netns` (if some argument is `netns`) names a second throwaway
-/// namespace made for it. strace prints the bytes whether or not the kernel then accepts the request. Also the
-/// master's index there.
+/// The `RTM_NEWLINK` request iproute2 sends for `ip link add link m0 name <name> <args...>`, run in a throwaway
+/// namespace where `m0` is a veth; `netns` (if some argument is `netns`) names a second throwaway namespace made
+/// for it. The bytes are recorded by [`SENDMSG_SHIM`] preloaded into `ip`, whether or not the kernel then accepts
+/// the request. Not strace: CI runs the whole suite under `strace -f` (scripts/deps-check.sh), and a traced
+/// process cannot be traced a second time. Also the master's index there.
 pub fn iproute2_newlink(name: &str, args: &[&str]) -> (Vec<u8>, u32) {
     let ns = Netns::new(&format!("{}s", unique_prefix()));
     let target = Netns::new(&format!("{}t", unique_prefix()));
@@ -205,48 +206,92 @@ pub fn iproute2_newlink(name: &str, args: &[&str]) -> (Vec<u8>, u32) {
             }
         })
         .collect();
+    let dir = TempDir::new(&format!("{}shim", unique_prefix()));
+    let (src, so, cap) = (
+        dir.path.join("shim.c"),
+        dir.path.join("shim.so"),
+        dir.path.join("capture"),
+    );
+    std::fs::write(&src, SENDMSG_SHIM).expect("write the shim's source");
+    let cc = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&src)
+        .output()
+        .expect("run gcc (scripts/packages lists it)");
+    assert!(
+        cc.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&cc.stderr)
+    );
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns.name,
-            "strace",
-            "-f",
-            "-e",
-            "trace=sendmsg",
-            "-e",
-            "write=all",
-        ])
+        .args(["netns", "exec", &ns.name])
+        .arg("env")
+        .arg(format!("LD_PRELOAD={}", so.display()))
+        .arg(format!("SENDMSG_CAPTURE={}", cap.display()))
         .args(["ip", "link", "add", "link", "m0", "name", name])
         .args(&args)
         .output()
-        .expect("run strace (scripts/deps.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stderr);
-    // strace's dump: " | 00000  30 00 00 00 ... |", 16 bytes a line; offset 0 starts a message.
+        .expect("run ip");
+    let bytes = std::fs::read(&cap).unwrap_or_default();
+    // Records: a 4-byte native-endian length, then that many bytes (one sendmsg's iovecs, concatenated).
     let mut msgs: Vec<Vec<u8>> = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix(" | ") else {
-            continue;
+    let mut at = 0;
+    while let Some(len) = bytes
+        .get(at..at + 4)
+        .and_then(|b| b.try_into().ok())
+        .map(|b: [u8; 4]| u32::from_ne_bytes(b) as usize)
+    {
+        let Some(m) = bytes.get(at + 4..at + 4 + len) else {
+            break;
         };
-        let (Some(off), Some(hex)) = (rest.get(..5), rest.get(7..).map(|h| &h[..h.len().min(49)]))
-        else {
-            continue;
-        };
-        if off == "00000" {
-            msgs.push(Vec::new());
-        }
-        let Some(m) = msgs.last_mut() else { continue };
-        m.extend(
-            hex.split_whitespace()
-                .filter_map(|b| u8::from_str_radix(b, 16).ok()),
-        );
+        msgs.push(m.to_vec());
+        at += 4 + len;
     }
     let newlink = msgs
         .into_iter()
         .find(|m| m.get(4..6) == Some(&RTM_NEWLINK.to_ne_bytes()[..]))
-        .unwrap_or_else(|| panic!("no RTM_NEWLINK in strace's output:\n{text}"));
+        .unwrap_or_else(|| {
+            panic!(
+                "no RTM_NEWLINK among ip's sendmsg calls; ip said: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
     (newlink, master)
 }
+
+/// A preloadable library recording every `sendmsg` of the process (iproute2's netlink requests) to the file
+/// `$SENDMSG_CAPTURE` before passing it on.
+pub const SENDMSG_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+ssize_t sendmsg(int fd, const struct msghdr *msg, int flags) {
+    static ssize_t (*real)(int, const struct msghdr *, int);
+    if (!real)
+        real = (ssize_t (*)(int, const struct msghdr *, int))dlsym(RTLD_NEXT, "sendmsg");
+    const char *path = getenv("SENDMSG_CAPTURE");
+    if (path && msg) {
+        int out = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (out >= 0) {
+            uint32_t len = 0;
+            for (size_t i = 0; i < msg->msg_iovlen; i++)
+                len += (uint32_t)msg->msg_iov[i].iov_len;
+            if (write(out, &len, sizeof len) == sizeof len)
+                for (size_t i = 0; i < msg->msg_iovlen; i++)
+                    if (write(out, msg->msg_iov[i].iov_base, msg->msg_iov[i].iov_len) < 0)
+                        break;
+            close(out);
+        }
+    }
+    return real(fd, msg, flags);
+}
+"#;
 
 /// A netlink request with what differs by nature between two senders blanked: the sequence number and port
 /// (header bytes 8..16) and the value of `IFLA_NET_NS_FD` (a descriptor number).
