@@ -454,3 +454,33 @@ pub async fn check_ips_and_routes(
     }
     Ok(())
 }
+
+/// CHECK's start for a plugin whose IPAM is optional: that IPAM's CHECK, then the required `prevResult`.
+pub async fn check_ipam_then_prev(
+    ctx: &Ctx<'_>,
+    args: &CmdArgs,
+    conf: &NetConf,
+    ipam: Option<&str>,
+) -> Result<CniResult, CniError> {
+    if let Some(t) = ipam {
+        ctx.delegate(t, args, args.stdin.clone()).await?;
+    }
+    conf.prev()?
+        .ok_or_else(|| CniError::config("CHECK: required prevResult missing"))
+}
+
+/// The interface of `prev` that is this attachment's: named `CNI_IFNAME`, in the sandbox `CNI_NETNS`.
+pub fn prev_pod_interface<'a>(
+    prev: &'a CniResult,
+    args: &CmdArgs,
+) -> Result<&'a Interface, CniError> {
+    prev.interfaces
+        .iter()
+        .find(|i| i.name == args.ifname && i.sandbox == args.netns)
+        .ok_or_else(|| {
+            CniError::internal(format!(
+                "CHECK: prevResult has no interface {} in sandbox {}",
+                args.ifname, args.netns
+            ))
+        })
+}

@@ -96,24 +96,10 @@ fn same_attachment_as_reference() {
                 .unwrap_or_else(|o| panic!("{} CHECK {i}: {o:?}", imp.label));
             rt.del(net, att, Some(&made.results[i]))
                 .unwrap_or_else(|o| panic!("{} DEL {i}: {o:?}", imp.label));
-            wait_only_lo(pod);
-            rt.del(net, att, Some(&made.results[i]))
-                .unwrap_or_else(|o| panic!("{} DEL {i} again: {o:?}", imp.label));
-            pod.delete();
-            rt.del(net, att, Some(&made.results[i]))
-                .unwrap_or_else(|o| panic!("{} DEL {i} with the pod gone: {o:?}", imp.label));
+            let label = format!("{} pod {i}", imp.label);
+            dels_after_del(&rt, net, att, pod, &made.results[i], &label);
         }
-        assert!(
-            ip_files(&w.sb.path("ipam"), NET).is_empty(),
-            "{}: IPs kept",
-            imp.label
-        );
-        assert_eq!(
-            link_names(w.node()),
-            vec!["lo", "nic0"],
-            "{}: node links",
-            imp.label
-        );
+        assert_node_clean(w, NET, imp.label);
     }
 }
 

@@ -440,25 +440,11 @@ async fn check(
             format!("failed to open netns \"{}\": {e}", args.netns),
         )
     })?;
-    if let Some(ipam) = &c.ipam_type {
-        ctx.delegate(ipam, args, args.stdin.clone()).await?;
-    }
-    let prev = conf
-        .prev()?
-        .ok_or_else(|| CniError::config("Required prevResult missing"))?;
+    let prev = attach::check_ipam_then_prev(ctx, args, conf, c.ipam_type.as_deref()).await?;
     if c.dpdk {
         return Ok(());
     }
-    let intf = prev
-        .interfaces
-        .iter()
-        .find(|i| i.name == args.ifname && i.sandbox == args.netns)
-        .ok_or_else(|| {
-            CniError::internal(format!(
-                "Sandbox in prevResult doesn't match configured netns: {}",
-                args.netns
-            ))
-        })?;
+    let intf = attach::prev_pod_interface(&prev, args)?;
     let pod = Netlink::in_netns(&ns)?;
     let link = pod.link_by_name(&intf.name).await?.ok_or_else(|| {
         CniError::internal(format!(

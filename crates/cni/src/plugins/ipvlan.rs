@@ -5,11 +5,12 @@
 //! reference, IPAM may be left out in a chain: the addresses then come from `prevResult`, and without `master`
 //! the master is the previous result's single interface (else the default route's interface).
 
-use super::sublink::{self, Addressing, Common, Sub};
+use super::sublink::verbs::{add, check, del, status};
+use super::sublink::{self, Addressing, Common, Sub, SubConf};
 use crate::error::CniError;
-use crate::plugin::{Ctx, Plugin};
+use crate::plugin::Plugin;
 use crate::skel::CmdArgs;
-use crate::types::{CniResult, NetConf};
+use crate::types::NetConf;
 use kernel::sublink::{IpvlanMode, SublinkKind};
 
 /// The ipvlan keys of a configuration.
@@ -31,56 +32,25 @@ impl IpvlanConf {
         };
         Ok(Self { common, mode })
     }
+}
 
-    fn sub(&self) -> Sub<'_> {
-        Sub {
+impl SubConf for IpvlanConf {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn sub(&self, _args: &CmdArgs, _for_add: bool) -> Result<Sub<'_>, CniError> {
+        Ok(Sub {
             common: &self.common,
             kind: SublinkKind::Ipvlan(self.mode),
             mac: None,
             addressing: Addressing::IpamOrPrevResult,
             chained_master: true,
-        }
+        })
     }
 }
 
 pub const PLUGIN: Plugin = crate::plugin::main_row!("ipvlan", IpvlanConf, gc: no);
-
-async fn add(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    conf: &NetConf,
-    c: &IpvlanConf,
-) -> Result<CniResult, CniError> {
-    sublink::add(ctx, args, conf, &c.sub()).await
-}
-
-async fn del(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    _conf: &NetConf,
-    c: &IpvlanConf,
-) -> Result<(), CniError> {
-    sublink::del(ctx, args, &c.common).await
-}
-
-async fn check(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    conf: &NetConf,
-    c: &IpvlanConf,
-) -> Result<(), CniError> {
-    sublink::check(ctx, args, conf, &c.sub()).await
-}
-
-/// STATUS: IPAM's, or ready without one.
-async fn status(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    _conf: &NetConf,
-    c: &IpvlanConf,
-) -> Result<(), CniError> {
-    crate::attach::ipam_status(ctx, args, c.common.ipam_type.as_deref()).await
-}
 
 #[cfg(test)]
 mod tests {

@@ -5,12 +5,13 @@
 //! `ipam` (optional: without it the link is only brought up), `dns`. The MAC is, by precedence, runtimeConfig
 //! `mac`, then CNI_ARGS `MAC=`, then the `mac` key, as in the reference.
 
-use super::sublink::{self, Addressing, Common, Sub};
+use super::sublink::verbs::{add, check, del, status};
+use super::sublink::{self, Addressing, Common, Sub, SubConf};
 use crate::args::CniArgs;
 use crate::error::CniError;
-use crate::plugin::{Ctx, Plugin};
+use crate::plugin::Plugin;
 use crate::skel::CmdArgs;
-use crate::types::{CniResult, NetConf};
+use crate::types::NetConf;
 use kernel::sublink::{MacvlanMode, SublinkKind};
 use kernel::Mac;
 
@@ -73,15 +74,22 @@ impl MacvlanConf {
         }
         mac.as_deref().map(mac_of).transpose()
     }
+}
 
-    fn sub(&self, mac: Option<Mac>) -> Sub<'_> {
-        Sub {
+impl SubConf for MacvlanConf {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    /// ADD gives the link its MAC (runtimeConfig, CNI_ARGS or the configuration); CHECK does not compare it.
+    fn sub(&self, args: &CmdArgs, for_add: bool) -> Result<Sub<'_>, CniError> {
+        Ok(Sub {
             common: &self.common,
             kind: SublinkKind::Macvlan(self.mode),
-            mac,
+            mac: if for_add { self.mac(args)? } else { None },
             addressing: Addressing::IpamOrNone,
             chained_master: false,
-        }
+        })
     }
 }
 
@@ -94,44 +102,6 @@ fn mac_of(s: &str) -> Result<Mac, CniError> {
 }
 
 pub const PLUGIN: Plugin = crate::plugin::main_row!("macvlan", MacvlanConf, gc: no);
-
-async fn add(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    conf: &NetConf,
-    c: &MacvlanConf,
-) -> Result<CniResult, CniError> {
-    let mac = c.mac(args)?;
-    sublink::add(ctx, args, conf, &c.sub(mac)).await
-}
-
-async fn del(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    _conf: &NetConf,
-    c: &MacvlanConf,
-) -> Result<(), CniError> {
-    sublink::del(ctx, args, &c.common).await
-}
-
-async fn check(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    conf: &NetConf,
-    c: &MacvlanConf,
-) -> Result<(), CniError> {
-    sublink::check(ctx, args, conf, &c.sub(None)).await
-}
-
-/// STATUS: IPAM's, or ready without one.
-async fn status(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    _conf: &NetConf,
-    c: &MacvlanConf,
-) -> Result<(), CniError> {
-    crate::attach::ipam_status(ctx, args, c.common.ipam_type.as_deref()).await
-}
 
 #[cfg(test)]
 mod tests {

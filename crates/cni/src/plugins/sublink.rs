@@ -212,6 +212,61 @@ fn where_name(c: &Common) -> &'static str {
     }
 }
 
+/// A sub-interface plugin's settings (macvlan, ipvlan, vlan): the shared keys, and the link a verb makes or
+/// checks. Its table row is `main_row!` over [`verbs`], so the three plugins hold only their keys.
+pub trait SubConf {
+    /// The keys every sub-interface plugin has.
+    fn common(&self) -> &Common;
+    /// The link to make (`for_add`: CNI_ARGS may choose its MAC) or to check.
+    fn sub(&self, args: &CmdArgs, for_add: bool) -> Result<Sub<'_>, CniError>;
+}
+
+/// The verbs of a sub-interface plugin's table row, for any [`SubConf`].
+pub mod verbs {
+    use super::SubConf;
+    use crate::error::CniError;
+    use crate::plugin::Ctx;
+    use crate::skel::CmdArgs;
+    use crate::types::{CniResult, NetConf};
+
+    pub async fn add<C: SubConf>(
+        ctx: &Ctx<'_>,
+        args: &CmdArgs,
+        conf: &NetConf,
+        c: &C,
+    ) -> Result<CniResult, CniError> {
+        super::add(ctx, args, conf, &c.sub(args, true)?).await
+    }
+
+    pub async fn del<C: SubConf>(
+        ctx: &Ctx<'_>,
+        args: &CmdArgs,
+        _conf: &NetConf,
+        c: &C,
+    ) -> Result<(), CniError> {
+        super::del(ctx, args, c.common()).await
+    }
+
+    pub async fn check<C: SubConf>(
+        ctx: &Ctx<'_>,
+        args: &CmdArgs,
+        conf: &NetConf,
+        c: &C,
+    ) -> Result<(), CniError> {
+        super::check(ctx, args, conf, &c.sub(args, false)?).await
+    }
+
+    /// STATUS: IPAM's, or ready without one.
+    pub async fn status<C: SubConf>(
+        ctx: &Ctx<'_>,
+        args: &CmdArgs,
+        _conf: &NetConf,
+        c: &C,
+    ) -> Result<(), CniError> {
+        crate::attach::ipam_status(ctx, args, c.common().ipam_type.as_deref()).await
+    }
+}
+
 /// ADD: the sub-interface in the pod, configured; the result.
 pub async fn add(
     ctx: &Ctx<'_>,
@@ -432,22 +487,8 @@ pub async fn check(
     sub: &Sub<'_>,
 ) -> Result<(), CniError> {
     let c = sub.common;
-    if let Some(t) = &c.ipam_type {
-        ctx.delegate(t, args, args.stdin.clone()).await?;
-    }
-    let prev = conf
-        .prev()?
-        .ok_or_else(|| CniError::config("CHECK: required prevResult missing"))?;
-    let intf = prev
-        .interfaces
-        .iter()
-        .find(|i| i.name == args.ifname && i.sandbox == args.netns)
-        .ok_or_else(|| {
-            CniError::internal(format!(
-                "CHECK: prevResult has no interface {} in sandbox {}",
-                args.ifname, args.netns
-            ))
-        })?;
+    let prev = attach::check_ipam_then_prev(ctx, args, conf, c.ipam_type.as_deref()).await?;
+    let intf = attach::prev_pod_interface(&prev, args)?;
     let ns = attach::open_netns(&args.netns)?;
     let pod = Netlink::in_netns(&ns)?;
     let maker = if c.link_in_container {

@@ -3,11 +3,12 @@
 //!
 //! Keys: `master` (required), `vlanId` (0–4094), `mtu`, `linkInContainer`, `ipam` (required), `dns`.
 
-use super::sublink::{self, Addressing, Common, Sub};
+use super::sublink::verbs::{add, check, del, status};
+use super::sublink::{self, Addressing, Common, Sub, SubConf};
 use crate::error::CniError;
-use crate::plugin::{Ctx, Plugin};
+use crate::plugin::Plugin;
 use crate::skel::CmdArgs;
-use crate::types::{CniResult, NetConf};
+use crate::types::NetConf;
 use kernel::sublink::SublinkKind;
 
 /// The highest VLAN ID a link may have (4095 is reserved).
@@ -45,51 +46,25 @@ impl VlanConf {
         }
         Ok(Self { common, vlan_id })
     }
+}
 
-    fn sub(&self) -> Sub<'_> {
-        Sub {
+impl SubConf for VlanConf {
+    fn common(&self) -> &Common {
+        &self.common
+    }
+
+    fn sub(&self, _args: &CmdArgs, _for_add: bool) -> Result<Sub<'_>, CniError> {
+        Ok(Sub {
             common: &self.common,
             kind: SublinkKind::Vlan(self.vlan_id),
             mac: None,
             addressing: Addressing::IpamOrNone,
             chained_master: false,
-        }
+        })
     }
 }
 
 pub const PLUGIN: Plugin = crate::plugin::main_row!("vlan", VlanConf, gc: no);
-
-async fn add(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    conf: &NetConf,
-    c: &VlanConf,
-) -> Result<CniResult, CniError> {
-    sublink::add(ctx, args, conf, &c.sub()).await
-}
-
-async fn del(ctx: &Ctx<'_>, args: &CmdArgs, _conf: &NetConf, c: &VlanConf) -> Result<(), CniError> {
-    sublink::del(ctx, args, &c.common).await
-}
-
-async fn check(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    conf: &NetConf,
-    c: &VlanConf,
-) -> Result<(), CniError> {
-    sublink::check(ctx, args, conf, &c.sub()).await
-}
-
-/// STATUS: IPAM's.
-async fn status(
-    ctx: &Ctx<'_>,
-    args: &CmdArgs,
-    _conf: &NetConf,
-    c: &VlanConf,
-) -> Result<(), CniError> {
-    crate::attach::ipam_status(ctx, args, c.common.ipam_type.as_deref()).await
-}
 
 #[cfg(test)]
 mod tests {

@@ -408,25 +408,34 @@ pub fn lifecycle(imp: &Impl, name: &str, plugin: &Value) -> Vec<PodView> {
             .unwrap_or_else(|o| panic!("{} ADD {i} right after its DEL: {o:?}", imp.label));
         rt.del(&net, &att, Some(&again))
             .unwrap_or_else(|o| panic!("{} DEL {i} of the re-ADD: {o:?}", imp.label));
-        wait_only_lo(&pod);
-        rt.del(&net, &att, Some(&r))
-            .unwrap_or_else(|o| panic!("{} DEL {i} again: {o:?}", imp.label));
-        pod.delete();
-        rt.del(&net, &att, Some(&r))
-            .unwrap_or_else(|o| panic!("{} DEL {i} with the pod gone: {o:?}", imp.label));
+        dels_after_del(&rt, &net, &att, &pod, &r, &format!("{} pod {i}", imp.label));
     }
+    assert_node_clean(&w, name, imp.label);
+    out
+}
+
+/// After an attachment's DEL: the pod is left with only `lo`, DEL again and DEL with the pod gone succeed.
+pub fn dels_after_del(rt: &Runtime, net: &Net, att: &Att, pod: &Netns, r: &Value, label: &str) {
+    wait_only_lo(pod);
+    rt.del(net, att, Some(r))
+        .unwrap_or_else(|o| panic!("{label}: DEL again: {o:?}"));
+    pod.delete();
+    rt.del(net, att, Some(r))
+        .unwrap_or_else(|o| panic!("{label}: DEL with the pod gone: {o:?}"));
+}
+
+/// Once every attachment of network `name` is deleted: no IP left in the sandbox's host-local directory, and the
+/// node has only `lo` and its NIC.
+pub fn assert_node_clean(w: &World, name: &str, label: &str) {
     assert!(
         ip_files(&w.sb.path("ipam"), name).is_empty(),
-        "{}: IPs kept",
-        imp.label
+        "{label}: IPs kept"
     );
     assert_eq!(
         link_names(w.node()),
         vec!["lo", "nic0"],
-        "{}: node links",
-        imp.label
+        "{label}: node links"
     );
-    out
 }
 
 /// SIGKILL at points spread over our `plugin`'s ADD: the next DEL leaves no link in the pod or the node, no IP.

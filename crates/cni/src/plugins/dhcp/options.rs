@@ -318,6 +318,14 @@ mod tests {
         m
     }
 
+    /// A result's routes as `<dst> <gateway>` lines.
+    fn route_strings(r: &CniResult) -> Vec<String> {
+        r.routes
+            .iter()
+            .map(|r| format!("{} {:?}", r.dst, r.gw))
+            .collect()
+    }
+
     #[test]
     fn result_with_router_and_static_routes() {
         let m = ack(&[
@@ -328,11 +336,7 @@ mod tests {
         let r = result_of(&m).unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.244.50.17/24");
         assert_eq!(r.ips[0].gateway, Some("10.244.50.1".parse().unwrap()));
-        let routes: Vec<String> = r
-            .routes
-            .iter()
-            .map(|r| format!("{} {:?}", r.dst, r.gw))
-            .collect();
+        let routes = route_strings(&r);
         assert_eq!(
             routes,
             [
@@ -354,11 +358,7 @@ mod tests {
             ),
         ]);
         let r = result_of(&m).unwrap();
-        let routes: Vec<String> = r
-            .routes
-            .iter()
-            .map(|r| format!("{} {:?}", r.dst, r.gw))
-            .collect();
+        let routes = route_strings(&r);
         assert_eq!(
             routes,
             [
